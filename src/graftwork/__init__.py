@@ -1,0 +1,33 @@
+"""graftwork: turn a folder of labelled images into an accurate classifier by transfer learning.
+
+Exports are loaded lazily so that ``import graftwork`` (and the CLI's ``--help``) stay fast.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "ImageClassifier": "classifier", "STRATEGIES": "classifier",
+    "Backbone": "backbones", "BackboneSpec": "backbones", "WeightsInfo": "backbones",
+    "create_backbone": "backbones", "get_spec": "backbones", "list_backbones": "backbones",
+    "register_backbone": "backbones",
+    "AugmentConfig": "data",
+    "GraftError": "errors", "DataError": "errors", "BadImageError": "errors",
+    "BackboneNotFoundError": "errors", "WeightsNotFoundError": "errors",
+    "NotFittedError": "errors", "RunDirError": "errors", "ModelFileError": "errors",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"graftwork.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'graftwork' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,475 @@
+"""``ImageClassifier``: the estimator that ties the pipeline stages together.
+
+    clf = ImageClassifier(backbone="efficientnet_lite0", strategy="extract").fit("DATA")
+    clf.evaluate("DATA/test"); clf.save("runs/a")
+    ImageClassifier.load("runs/a").predict(["img.jpg"])
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from graftwork import bn as bn_mod
+from graftwork.backbones import Backbone, WeightsInfo, create_backbone
+from graftwork.data import (AugmentConfig, ImageDataset, Sample, Skipped, Splits, collate_skip,
+                            discover, eval_transform, list_images, train_transform)
+from graftwork.errors import BadImageError, DataError, ModelFileError, NotFittedError, RunDirError
+from graftwork.features import default_workers, extract_features
+from graftwork.heads import build_head
+from graftwork.model import GraftModel, bn_layers, freeze_backbone, parameter_counts
+from graftwork.run import (HISTORY_COLUMNS, PREDICTION_COLUMNS, package_versions, read_json,
+                           write_csv, write_json)
+from graftwork.training import TrainConfig, evaluate, fit, seed_everything, tensor_batches
+
+__all__ = ["ImageClassifier", "STRATEGIES", "PHASE_DEFAULTS"]
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("extract", "frozen", "finetune", "ladder")
+PHASE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "extract": {"epochs": 40, "lr": 1e-3, "optimizer": "adam", "schedule": "none", "patience": 8},
+    "frozen": {"epochs": 8, "lr": 1e-3, "optimizer": "adam", "schedule": "none", "patience": 4},
+    "finetune": {"epochs": 6, "lr": 1e-4, "optimizer": "rmsprop", "schedule": "cosine",
+                 "patience": 4},
+}
+MODEL_FILE = "model.safetensors"
+
+
+class ImageClassifier:
+    """Transfer-learning image classifier (scikit-learn style: ``fit`` returns ``self``).
+
+    Strategies: ``extract`` (head on cached features), ``frozen`` (frozen backbone, head on
+    augmented images), ``finetune`` (warm head, last ``unfreeze`` blocks trained with a small
+    learning rate), ``ladder`` (all three in turn, each warm-starting the next).
+    ``epochs``/``lr``/``optimizer``/``schedule`` left as None take each phase's defaults.
+    """
+
+    def __init__(self, backbone: str = "efficientnet_lite0", strategy: str = "extract", *,
+                 weights: str | None = None, image_size: int | None = None, head: str = "mlp",
+                 hidden: int = 256, dropout: float = 0.5, epochs: int | None = None,
+                 batch_size: int = 32, lr: float | None = None, optimizer: str | None = None,
+                 schedule: str | None = None, patience: int | None = None,
+                 unfreeze: int | str = 1, lr_decay: float = 0.5, train_bn: bool = False,
+                 augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
+                 val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                 cache_dir: str | None = None, num_workers: int | None = None,
+                 strict: bool = False, progress: bool = True) -> None:
+        self.backbone = backbone
+        self.strategy = strategy
+        self.weights = weights
+        self.image_size = image_size
+        self.head = head
+        self.hidden = hidden
+        self.dropout = dropout
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.patience = patience
+        self.unfreeze = unfreeze
+        self.lr_decay = lr_decay
+        self.train_bn = train_bn
+        self.augment = augment
+        self.recalibrate = recalibrate
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.num_workers = num_workers
+        self.strict = strict
+        self.progress = progress
+
+    # ------------------------------------------------------------------ parameters
+    def get_params(self) -> dict[str, Any]:
+        keys = ("backbone", "strategy", "weights", "image_size", "head", "hidden", "dropout",
+                "epochs", "batch_size", "lr", "optimizer", "schedule", "patience", "unfreeze",
+                "lr_decay", "train_bn", "recalibrate", "val_fraction", "test_fraction", "seed")
+        params = {k: getattr(self, k) for k in keys}
+        params["augment"] = self.augment.as_dict() if self.augment else None
+        return params
+
+    def _phase_config(self, phase: str) -> TrainConfig:
+        d = PHASE_DEFAULTS[phase]
+        return TrainConfig(epochs=self.epochs or d["epochs"], lr=self.lr or d["lr"],
+                           optimizer=self.optimizer or d["optimizer"],
+                           schedule=self.schedule or d["schedule"],
+                           patience=self.patience or d["patience"], seed=self.seed)
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "model_"):
+            raise NotFittedError("this classifier is not fitted yet",
+                                 "call fit(DATA) or ImageClassifier.load(RUN) first")
+
+    # ------------------------------------------------------------------ fit
+    def fit(self, data: str | Path, *, checkpoint_dir: str | Path | None = None,
+            resume: bool = False) -> ImageClassifier:
+        """Train on an image folder (``DATA/train|val|test/<class>`` or ``DATA/<class>``)."""
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+        t0 = time.perf_counter()
+        seed_everything(self.seed)
+        splits = discover(data, self.val_fraction, self.test_fraction, self.seed)
+        self.classes_ = splits.classes
+        self.splits_ = splits
+        self._skipped: dict[str, str] = {s.path: s.reason for s in splits.skipped}
+        backbone = create_backbone(self.backbone, self.weights)
+        self.pretrained_weights_ = backbone.weights
+        self.preprocessing_ = backbone.spec.preprocessing(self.image_size)
+        head = build_head(self.head, backbone.feature_dim, len(self.classes_), self.hidden,
+                          self.dropout)
+        self.model_ = GraftModel(backbone, head, self.train_bn)
+        self.history_: list[dict[str, Any]] = []
+        self.phases_: list[dict[str, Any]] = []
+        self.trainable_: dict[str, dict[str, int]] = {}
+        self._ckpt_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        self._resume = resume
+        self._backbone_pristine = True
+        plan = {"extract": ["extract"], "frozen": ["frozen"],
+                "finetune": ["extract", "finetune"],
+                "ladder": ["extract", "frozen", "finetune"]}[self.strategy]
+        best: tuple[float, float, str, dict[str, torch.Tensor]] | None = None
+        for phase in plan:
+            result = getattr(self, f"_fit_{phase}")(splits)
+            val = result.best_val or {"accuracy": math.nan, "loss": math.nan}
+            test = self._evaluate_samples(splits.test) if splits.test else {}
+            self.phases_.append({
+                "phase": phase, "best_val_accuracy": val.get("accuracy"),
+                "best_val_loss": val.get("loss"), "test_accuracy": test.get("accuracy"),
+                "test_loss": test.get("loss"), "epochs": len(result.history),
+                "best_epoch": result.best_epoch, "wall_time_s": round(result.seconds, 2),
+                "trainable_params": self.trainable_[phase]["trainable_params"]})
+            self.history_ += result.history
+            score = (val.get("accuracy", -1.0), -val.get("loss", 0.0))
+            if best is None or score > best[:2]:
+                best = (*score, phase, {k: v.clone() for k, v in self.model_.state_dict().items()})
+        if self.strategy == "ladder" and best is not None:
+            self.model_.load_state_dict(best[3])
+            self.best_phase_ = best[2]
+            self._backbone_pristine = best[2] != "finetune"
+        self.bn_ = self._maybe_recalibrate(splits)
+        self.model_.eval()
+        self.metrics_ = self._final_metrics(splits, time.perf_counter() - t0)
+        return self
+
+    def _features(self, samples: Sequence[Sample], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        res = extract_features(self.model_.backbone, samples, self.preprocessing_, self.cache_dir,
+                               batch_size=max(self.batch_size, 32), num_workers=self.num_workers,
+                               progress=self.progress, strict=self.strict, desc=desc)
+        self._note_skipped(res.skipped)
+        self.extract_stats_ = getattr(self, "extract_stats_", {"extracted": 0, "cached": 0})
+        self.extract_stats_["extracted"] += res.extracted
+        self.extract_stats_["cached"] += res.cached
+        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+        assert res.features is not None
+        return res.features[res.ok], labels[res.ok]
+
+    def _note_skipped(self, skipped: Sequence[Skipped]) -> None:
+        for s in skipped:
+            self._skipped.setdefault(s.path, s.reason)
+
+    def _ckpt(self, phase: str) -> Path | None:
+        if self._ckpt_dir is None:
+            return None
+        self._ckpt_dir.mkdir(parents=True, exist_ok=True)
+        return self._ckpt_dir / f"checkpoint-{phase}.pt"
+
+    def _fit_extract(self, splits: Splits) -> Any:
+        freeze_backbone(self.model_.backbone, 0)
+        self.trainable_["extract"] = parameter_counts(self.model_)
+        x, y = self._features(splits.train, "features train")
+        xv, yv = self._features(splits.val, "features val") if splits.val else (None, None)
+        head, cfg = self.model_.head, self._phase_config("extract")
+        bs = self.batch_size
+        val_fn = (lambda: tensor_batches(xv, yv, 256)) if xv is not None else None
+        return fit(head, lambda g: tensor_batches(x, y, bs, g), val_fn, cfg,
+                   steps_per_epoch=math.ceil(len(x) / bs), phase="extract",
+                   progress=self.progress, checkpoint=self._ckpt("extract"), resume=self._resume)
+
+    def _image_batches(self, samples: Sequence[Sample], transform: Any, generator: torch.Generator | None,
+                       batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        workers = default_workers() if self.num_workers is None else self.num_workers
+        loader = torch.utils.data.DataLoader(
+            ImageDataset(samples, transform, draft_size=self.preprocessing_["image_size"]),
+            batch_size=batch_size or self.batch_size, shuffle=generator is not None,
+            generator=generator, num_workers=workers, collate_fn=collate_skip)
+        for batch in loader:
+            failures = [Skipped(samples[i].path, r) for i, r in batch["failures"]]
+            if failures and self.strict:
+                raise BadImageError(failures[0].reason, "fix or remove the file")
+            self._note_skipped(failures)
+            yield batch["images"].contiguous(memory_format=torch.channels_last), batch["labels"]
+
+    def _fit_end_to_end(self, splits: Splits, phase: str, groups: list[dict[str, Any]] | None,
+                        val_fn: Any) -> Any:
+        cfg = self._phase_config(phase)
+        tf = train_transform(self.preprocessing_, self.augment)
+        self.model_.to(memory_format=torch.channels_last)
+        return fit(self.model_, lambda g: self._image_batches(splits.train, tf, g), val_fn, cfg,
+                   param_groups=groups, steps_per_epoch=math.ceil(len(splits.train) / self.batch_size),
+                   phase=phase, progress=self.progress, checkpoint=self._ckpt(phase),
+                   resume=self._resume)
+
+    def _fit_frozen(self, splits: Splits) -> Any:
+        freeze_backbone(self.model_.backbone, 0)
+        self.trainable_["frozen"] = parameter_counts(self.model_)
+        val_fn = None
+        if splits.val:  # backbone frozen and val not augmented: cached features give the same
+            xv, yv = self._features(splits.val, "features val")
+            val_fn = lambda: tensor_batches(xv, yv, 256)  # noqa: E731
+        return self._fit_end_to_end(splits, "frozen", None, val_fn)
+
+    def _fit_finetune(self, splits: Splits) -> Any:
+        blocks = freeze_backbone(self.model_.backbone, self.unfreeze)
+        self.unfrozen_blocks_ = blocks
+        self.trainable_["finetune"] = parameter_counts(self.model_)
+        self._backbone_pristine = False
+        cfg = self._phase_config("finetune")
+        groups: list[dict[str, Any]] = [{"params": list(self.model_.head.parameters()),
+                                         "lr": cfg.lr}]
+        by_name = dict(self.model_.backbone.named_parameters())
+        trainable = [(b, n) for b, n in self.model_.backbone.block_param_names()
+                     if any(by_name[p].requires_grad for p in n)]
+        for depth, (_, names) in enumerate(reversed(trainable)):  # discriminative learning rates
+            params = [by_name[p] for p in names if by_name[p].requires_grad]
+            if params:
+                groups.append({"params": params, "lr": cfg.lr * self.lr_decay ** depth})
+        val_fn = None
+        if splits.val:
+            tf = eval_transform(self.preprocessing_)
+            val_fn = lambda: self._image_batches(splits.val, tf, None, 64)  # noqa: E731
+        return self._fit_end_to_end(splits, "finetune", groups, val_fn)
+
+    # ------------------------------------------------------------------ BN
+    def _bn_could_change(self) -> list[str]:
+        """BN layers whose running statistics training may have changed."""
+        if not self.train_bn or self._backbone_pristine:
+            return []
+        return [n for n, m in bn_layers(self.model_.backbone)
+                if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+    def _maybe_recalibrate(self, splits: Splits) -> dict[str, Any]:
+        layers = self._bn_could_change()
+        policy = {"frozen_bn": "inference mode", "unfrozen_bn": "train" if self.train_bn
+                  else "inference mode", "recalibrated": False}
+        if not layers:
+            policy["reason"] = "BN running statistics could not change (frozen or inference mode)"
+            return policy
+        if not self.recalibrate:
+            policy["reason"] = "recalibration disabled"
+            return policy
+        before = self._evaluate_samples(splits.val) if splits.val else {}
+        tf = eval_transform(self.preprocessing_)
+        names = [f"backbone.{n}" for n in layers]
+        bn_mod.recalibrate(self.model_, self._image_batches(splits.train, tf, None, 64), names)
+        after = self._evaluate_samples(splits.val) if splits.val else {}
+        policy.update(recalibrated=True, layers=len(names), val_before=before, val_after=after)
+        return policy
+
+    # ------------------------------------------------------------------ evaluation
+    def _logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode logits of the decodable samples and the mask of which those are."""
+        self.model_.eval()
+        if self._backbone_pristine and hasattr(self, "_skipped"):
+            res = extract_features(self.model_.backbone, samples, self.preprocessing_,
+                                   self.cache_dir, num_workers=self.num_workers,
+                                   progress=self.progress, desc="features eval")
+            self._note_skipped(res.skipped)
+            with torch.inference_mode():
+                return self.model_.head(res.features[res.ok]), res.ok  # type: ignore[index]
+        tf = eval_transform(self.preprocessing_)
+        workers = default_workers() if self.num_workers is None else self.num_workers
+        loader = torch.utils.data.DataLoader(
+            ImageDataset(samples, tf, draft_size=self.preprocessing_["image_size"]),
+            batch_size=64, num_workers=workers if len(samples) > 64 else 0,
+            collate_fn=collate_skip)
+        ok = torch.zeros(len(samples), dtype=torch.bool)
+        out = []
+        with torch.inference_mode():
+            for batch in loader:
+                if len(batch["indices"]):
+                    out.append(self.model_(batch["images"]))
+                    ok[batch["indices"]] = True
+                if hasattr(self, "_skipped"):
+                    self._note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
+        n = len(self.classes_)
+        return (torch.cat(out) if out else torch.empty(0, n)), ok
+
+    def _evaluate_samples(self, samples: Sequence[Sample]) -> dict[str, float]:
+        logits, ok = self._logits(samples)
+        labels = torch.tensor([s.label for s in samples], dtype=torch.long)[ok]
+        return evaluate(nn.Identity(), [(logits, labels)])
+
+    def _final_metrics(self, splits: Splits, seconds: float) -> dict[str, Any]:
+        metrics: dict[str, Any] = {"val": self._evaluate_samples(splits.val) if splits.val else {}}
+        if splits.test:
+            metrics["test"] = self._evaluate_samples(splits.test)
+            self.test_predictions_ = self._prediction_rows(splits.test)
+        metrics["phases"] = self.phases_
+        metrics["bn"] = self.bn_
+        metrics["skipped"] = len(self._skipped)
+        metrics["wall_time_s"] = round(seconds, 2)
+        metrics["features"] = getattr(self, "extract_stats_", {})
+        return metrics
+
+    def _prediction_rows(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
+        logits, ok = self._logits(samples)
+        probs = logits.softmax(1)
+        kept = [s for s, good in zip(samples, ok.tolist()) if good]
+        rows = []
+        for s, p in zip(kept, probs):
+            pred = int(p.argmax())
+            rows.append({"path": s.path, "label": self.classes_[s.label],
+                         "pred": self.classes_[pred], "prob": round(float(p[pred]), 6),
+                         "prob_true": round(float(p[s.label]), 6),
+                         "loss": round(-math.log(max(float(p[s.label]), 1e-12)), 6)})
+        return rows
+
+    def evaluate(self, data: str | Path) -> dict[str, Any]:
+        """Accuracy and loss on a folder with one sub-folder per class (names as in training)."""
+        self._check_fitted()
+        folder = Path(data)
+        if not folder.is_dir():
+            raise DataError(f"folder {str(folder)!r} does not exist", "check the path")
+        if (folder / "test").is_dir():
+            folder = folder / "test"
+        found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        unknown = sorted(set(found) - set(self.classes_))
+        if not found or unknown:
+            raise DataError(f"{str(folder)!r}: class folders {unknown or 'none'} are not among "
+                            f"the model's classes {self.classes_}",
+                            "pass a folder with one sub-folder per class the model knows")
+        skipped: list[Skipped] = []
+        samples = [Sample(str(p), self.classes_.index(c)) for c in found
+                   for p in list_images(folder / c, skipped)]
+        result = self._evaluate_samples(samples)
+        result["skipped"] = len(samples) - int(result["n"])
+        return result
+
+    # ------------------------------------------------------------------ prediction
+    def predict(self, inputs: Sequence[str | Path] | str | Path, top_k: int = 1) -> list[dict[str, Any]]:
+        """Top-k labels and probabilities for image files and folders of images."""
+        self._check_fitted()
+        if isinstance(inputs, (str, Path)):
+            inputs = [inputs]
+        paths: list[str] = []
+        for item in inputs:
+            p = Path(item)
+            if p.is_dir():
+                paths += [str(f) for f in list_images(p)]
+            elif p.exists():
+                paths.append(str(p))
+            else:
+                raise DataError(f"{str(p)!r} does not exist", "check the path")
+        samples = [Sample(p, 0) for p in paths]
+        logits, ok = self._logits(samples)
+        probs = logits.softmax(1)
+        k = max(1, min(top_k, len(self.classes_)))
+        out, row = [], 0
+        for sample, good in zip(samples, ok.tolist()):
+            if not good:
+                out.append({"path": sample.path, "error": "cannot decode image"})
+                continue
+            values, idx = probs[row].topk(k)
+            row += 1
+            out.append({"path": sample.path, "label": self.classes_[int(idx[0])],
+                        "prob": float(values[0]),
+                        "top_k": [{"label": self.classes_[int(i)], "prob": float(v)}
+                                  for v, i in zip(values, idx)]})
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rebuild the model, and to know how it was made."""
+        self._check_fitted()
+        spec = self.model_.backbone.spec
+        return {
+            "graftwork_format": 1,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "backbone": {**asdict(spec), "feature_dim": self.model_.backbone.feature_dim},
+            "weights": asdict(self.pretrained_weights_),
+            "classes": self.classes_,
+            "preprocessing": self.preprocessing_,
+            "strategy": self.strategy,
+            "head": {"kind": self.head, "hidden": self.hidden, "dropout": self.dropout},
+            "hyperparameters": {**self.get_params(),
+                                "phases": {p["phase"]: self._phase_config(p["phase"]).as_dict()
+                                           for p in getattr(self, "phases_", [])}},
+            "bn_policy": {"train_bn": self.train_bn, **getattr(self, "bn_", {})},
+            "unfrozen_blocks": getattr(self, "unfrozen_blocks_", []),
+            "best_phase": getattr(self, "best_phase_", None),
+            "trainable": getattr(self, "trainable_", {}),
+            "splits": self.splits_.counts() if hasattr(self, "splits_") else {},
+            "versions": package_versions(),
+        }
+
+    def save(self, run_dir: str | Path) -> Path:
+        """Write model.safetensors, config.json, metrics.json, history.csv and friends."""
+        self._check_fitted()
+        out = Path(run_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.model_.state_dict().items()}
+        tmp = out / (MODEL_FILE + ".tmp")
+        save_file(state, str(tmp), metadata={"format": "graftwork"})
+        tmp.replace(out / MODEL_FILE)
+        write_json(out / "config.json", self.config())
+        write_json(out / "metrics.json", getattr(self, "metrics_", {}))
+        write_csv(out / "history.csv", HISTORY_COLUMNS, getattr(self, "history_", []))
+        if getattr(self, "test_predictions_", None):
+            write_csv(out / "predictions_test.csv", PREDICTION_COLUMNS, self.test_predictions_)
+        if getattr(self, "_skipped", None):
+            write_csv(out / "skipped.csv", ("path", "reason"),
+                      ({"path": p, "reason": r} for p, r in sorted(self._skipped.items())))
+        log.info("saved run to %s", out)
+        return out
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> ImageClassifier:
+        """Rebuild a saved classifier (no pickled code is executed)."""
+        run = Path(run_dir)
+        if not (run / "config.json").is_file() or not (run / MODEL_FILE).is_file():
+            raise RunDirError(f"{str(run)!r} is not a run directory with a saved model",
+                              "pass a folder written by `graft train --out`")
+        try:
+            cfg = read_json(run / "config.json")
+            params = dict(cfg["hyperparameters"])
+        except (ValueError, KeyError) as exc:
+            raise ModelFileError(f"{str(run / 'config.json')!r} is corrupt: {exc}",
+                                 "re-train, or restore the run directory") from exc
+        params.pop("phases", None)
+        aug = params.pop("augment", None)
+        clf = cls(**params, augment=AugmentConfig(**aug) if aug else None, progress=False)
+        backbone = create_backbone(cfg["backbone"]["name"], pretrained=False)
+        head_cfg = cfg["head"]
+        head = build_head(head_cfg["kind"], backbone.feature_dim, len(cfg["classes"]),
+                          head_cfg["hidden"], head_cfg["dropout"])
+        model = GraftModel(backbone, head, cfg["bn_policy"].get("train_bn", False))
+        try:
+            model.load_state_dict(load_file(str(run / MODEL_FILE)))
+        except (SafetensorError, RuntimeError, OSError) as exc:
+            raise ModelFileError(f"{str(run / MODEL_FILE)!r} is corrupt or does not match "
+                                 f"config.json: {str(exc).splitlines()[0][:200]}",
+                                 "re-train, or restore the run directory") from exc
+        model.eval()
+        clf.model_ = model
+        clf.classes_ = list(cfg["classes"])
+        clf.preprocessing_ = cfg["preprocessing"]
+        clf.pretrained_weights_ = WeightsInfo(**{k: (tuple(v) if k == "tried" else v)
+                                                 for k, v in cfg["weights"].items()})
+        clf.bn_ = {k: v for k, v in cfg["bn_policy"].items() if k != "train_bn"}
+        clf.trainable_ = cfg.get("trainable", {})
+        clf._backbone_pristine = False
+        if (run / "metrics.json").is_file():
+            clf.metrics_ = read_json(run / "metrics.json")
+        return clf

@@ -1,0 +1,317 @@
+"""Image folders: finding classes and splits, robust decoding, transforms, datasets."""
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from graftwork.errors import BadImageError, DataError
+
+__all__ = [
+    "IMAGE_EXTENSIONS", "Sample", "Splits", "Skipped", "discover", "list_images", "load_image",
+    "ImageDataset", "collate_skip", "eval_transform", "train_transform", "AugmentConfig",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                              ".ppm", ".pgm", ".pbm"})
+SPLIT_NAMES = ("train", "val", "test")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey image
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass
+class Splits:
+    """Class names (sorted folder names) and the samples of each split."""
+
+    classes: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    skipped: list[Skipped] = field(default_factory=list)
+    explicit: bool = False  # True when train/val/test folders were given
+
+    def counts(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
+    """Files below ``folder``, following symlinks once (loops detected), hidden entries ignored."""
+    seen: set[str] = set()
+    out: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            skipped.append(Skipped(dirpath, "symlink loop: folder already visited"))
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                out.append(Path(dirpath) / name)
+    return out
+
+
+def list_images(folder: Path, skipped: list[Skipped] | None = None) -> list[Path]:
+    """Image files below ``folder``; other files are recorded in ``skipped``."""
+    skipped = skipped if skipped is not None else []
+    images = []
+    for path in _walk_files(folder, skipped):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            images.append(path)
+        elif path.name not in ("Thumbs.db", "desktop.ini"):
+            skipped.append(Skipped(str(path), "not an image file (extension)"))
+        else:
+            skipped.append(Skipped(str(path), "system file"))
+    return images
+
+
+def _class_folders(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _scan_split(folder: Path, classes: list[str], skipped: list[Skipped]) -> list[Sample]:
+    samples = []
+    for label, name in enumerate(classes):
+        files = list_images(folder / name, skipped)
+        if not files:
+            raise DataError(f"class folder {str(folder / name)!r} has no images",
+                            "add images to it or remove the folder")
+        samples.extend(Sample(str(p), label) for p in files)
+    return samples
+
+
+def _stratified_split(samples: list[Sample], fractions: Sequence[float], seed: int,
+                      num_classes: int) -> list[list[Sample]]:
+    """Split per class with a seeded shuffle; every part gets at least one image of each class."""
+    rng = random.Random(seed)
+    parts: list[list[Sample]] = [[] for _ in range(len(fractions) + 1)]
+    for label in range(num_classes):
+        items = [s for s in samples if s.label == label]
+        rng.shuffle(items)
+        sizes = [max(1, round(f * len(items))) if f > 0 else 0 for f in fractions]
+        if sum(sizes) >= len(items):
+            need = sum(1 for f in fractions if f > 0) + 1
+            raise DataError(f"class {label} has {len(items)} images, too few for this split",
+                            f"give each class at least {need} images, or lower the val/test "
+                            "fractions, or provide train/ and val/ folders")
+        start = 0
+        for i, size in enumerate(sizes):
+            parts[i + 1].extend(items[start:start + size])
+            start += size
+        parts[0].extend(items[start:])
+    return parts
+
+
+def discover(root: str | Path, val_fraction: float = 0.2, test_fraction: float = 0.2,
+             seed: int = 0) -> Splits:
+    """Read an image folder: ``root/train|val|test/<class>/*`` or ``root/<class>/*``.
+
+    Without a ``val/`` (or ``test/``) folder, a stratified seeded split of the training images
+    takes its place. Raises ``DataError`` with a fix for every unusable layout.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"folder {str(root)!r} does not exist", "check the path")
+    if not root.is_dir():
+        raise DataError(f"{str(root)!r} is a file, not a folder",
+                        "pass the folder that holds one sub-folder per class")
+    skipped: list[Skipped] = []
+    explicit = (root / "train").is_dir()
+    train_dir = root / "train" if explicit else root
+    classes = _class_folders(train_dir)
+    if not classes:
+        raise DataError(f"no class folders in {str(train_dir)!r}",
+                        "put images in one sub-folder per class, e.g. DATA/cats, DATA/dogs")
+    if len(classes) < 2:
+        raise DataError(f"only one class ({classes[0]!r}) in {str(train_dir)!r}",
+                        "a classifier needs at least two class folders")
+    train = _scan_split(train_dir, classes, skipped)
+    given: dict[str, list[Sample]] = {}
+    for split in ("val", "test"):
+        folder = root / split
+        if explicit and folder.is_dir():
+            found = _class_folders(folder)
+            if found != classes:
+                extra = sorted(set(found) - set(classes))
+                lacking = sorted(set(classes) - set(found))
+                raise DataError(f"{split}/ classes differ from train/ (extra: {extra}, "
+                                f"missing: {lacking})",
+                                "use the same class folders in train/, val/ and test/")
+            given[split] = _scan_split(folder, classes, skipped)
+    fractions = [val_fraction if "val" not in given else 0.0,
+                 test_fraction if ("test" not in given and not explicit) else 0.0]
+    parts = _stratified_split(train, fractions, seed, len(classes))
+    splits = Splits(classes, parts[0], given.get("val", parts[1]), given.get("test", parts[2]),
+                    skipped, explicit)
+    log.info("data %s: %d classes, %s", root, len(classes), splits.counts())
+    return splits
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode (palette, alpha, 16-bit, CMYK, ...) to 8-bit RGB on a white background."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float32)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_image(source: str | Path | bytes, draft_size: int | None = None) -> Image.Image:
+    """Decode an image file (or its bytes) to RGB, EXIF orientation applied, first frame only.
+
+    ``draft_size`` lets JPEG decode at a reduced scale no smaller than that size (fast).
+    Raises ``BadImageError`` for anything that is not a decodable image.
+    """
+    name = "<bytes>" if isinstance(source, bytes) else str(source)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
+            with fh, Image.open(fh) as img:
+                if draft_size and img.format == "JPEG":
+                    img.draft("RGB", (draft_size, draft_size))
+                img.load()
+                img = ImageOps.exif_transpose(img) or img
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(f"{name}: too many pixels (decompression bomb guard): {exc}",
+                            "shrink the image or remove it") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+            MemoryError) as exc:
+        reason = "empty file" if _is_empty(source) else f"cannot decode: {exc}"
+        raise BadImageError(f"{name}: {reason}", "re-export or remove the file") from exc
+
+
+def _is_empty(source: str | Path | bytes) -> bool:
+    if isinstance(source, bytes):
+        return not source
+    try:
+        return os.path.getsize(source) == 0
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    """Keras-tutorial augmentation; each part can be switched off (0 or False)."""
+
+    rotation: float = 40.0  # degrees
+    shift: float = 0.2  # fraction of width/height
+    shear: float = 0.2  # radians (about 11.5 degrees)
+    zoom: float = 0.2  # scale in [1-zoom, 1+zoom]
+    hflip: bool = True
+    fill: float = 0.0  # constant fill, on the 0..255 scale
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"rotation": self.rotation, "shift": self.shift, "shear": self.shear,
+                "zoom": self.zoom, "hflip": self.hflip, "fill": self.fill}
+
+
+def _resize_crop(pre: dict[str, Any]) -> list[Any]:
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import v2
+
+    size = int(pre["image_size"])
+    interp = InterpolationMode(pre.get("interpolation", "bilinear"))
+    return [v2.Resize(int(round(size / pre.get("crop_pct", 1.0))), interpolation=interp,
+                      antialias=True), v2.CenterCrop(size)]
+
+
+def _to_tensor(pre: dict[str, Any]) -> list[Any]:
+    from torchvision.transforms import v2
+
+    return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(pre["mean"]), std=list(pre["std"]))]
+
+
+def eval_transform(pre: dict[str, Any]) -> Any:
+    """Resize the short side to size/crop_pct, centre-crop, scale, normalise."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([*_resize_crop(pre), *_to_tensor(pre)])
+
+
+def train_transform(pre: dict[str, Any], aug: AugmentConfig | None) -> Any:
+    """``eval_transform`` plus random affine (rotation, shift, shear, zoom) and flips."""
+    import math
+
+    from torchvision.transforms import v2
+
+    if aug is None:
+        return eval_transform(pre)
+    ops: list[Any] = []
+    if aug.rotation or aug.shift or aug.shear or aug.zoom:
+        shear = math.degrees(aug.shear)
+        ops.append(v2.RandomAffine(
+            degrees=aug.rotation, translate=(aug.shift, aug.shift) if aug.shift else None,
+            scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
+            shear=(-shear, shear, -shear, shear) if aug.shear else None,
+            fill=int(aug.fill)))
+    if aug.hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    return v2.Compose([*_resize_crop(pre), *ops, *_to_tensor(pre)])
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Samples -> (tensor, label, index); a bad image yields (None, label, index, reason)."""
+
+    def __init__(self, samples: Sequence[Sample], transform: Any,
+                 draft_size: int | None = None) -> None:
+        self.samples = list(samples)
+        self.transform = transform
+        self.draft_size = draft_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        sample = self.samples[index]
+        try:
+            img = load_image(sample.path, self.draft_size)
+            return self.transform(img), sample.label, index, ""
+        except BadImageError as exc:
+            return None, sample.label, index, exc.message
+        except Exception as exc:  # a transform failing on a strange image must not kill the run
+            return None, sample.label, index, f"{sample.path}: {type(exc).__name__}: {exc}"
+
+
+def collate_skip(batch: list[tuple[Any, ...]]) -> dict[str, Any]:
+    """Stack the good images; report the bad ones as (index, reason)."""
+    good = [b for b in batch if b[0] is not None]
+    images = torch.stack([b[0] for b in good]) if good else torch.empty(0)
+    return {"images": images,
+            "labels": torch.tensor([b[1] for b in good], dtype=torch.long),
+            "indices": torch.tensor([b[2] for b in good], dtype=torch.long),
+            "failures": [(b[2], b[3]) for b in batch if b[0] is None]}
+

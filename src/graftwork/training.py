@@ -1,0 +1,221 @@
+"""The training loop: optimisers, schedules, validation, best checkpoint, early stopping, resume."""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
+           "OPTIMIZERS", "SCHEDULES", "seed_everything"]
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "nadam", "sgd")
+SCHEDULES = ("none", "cosine", "onecycle")
+Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 20
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 0.0
+    schedule: str = "none"
+    patience: int = 5
+    seed: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class FitResult:
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_state: dict[str, torch.Tensor] | None = None
+    best_epoch: int = 0
+    best_val: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    stopped_early: bool = False
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU) for reproducible runs."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
+                   generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Mini-batches of in-memory tensors, shuffled when a generator is given."""
+    order = torch.randperm(len(x), generator=generator) if generator is not None \
+        else torch.arange(len(x))
+    for i in range(0, len(x), batch_size):
+        idx = order[i:i + batch_size]
+        yield x[idx], y[idx]
+
+
+def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """One of ``OPTIMIZERS`` over parameter groups (each group may carry its own ``lr``)."""
+    name = name.lower()
+    if name == "adam":
+        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(groups, lr=lr, weight_decay=weight_decay)
+    if name == "nadam":
+        return torch.optim.NAdam(groups, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+
+
+def _make_schedule(name: str, opt: torch.optim.Optimizer, epochs: int,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if name in ("none", "", None):
+        return None
+    total = max(1, epochs * steps_per_epoch)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if name == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
+    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+
+
+def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
+    """Accuracy and mean cross-entropy in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    with torch.inference_mode():
+        for x, y in batches:
+            if not len(y):
+                continue
+            logits = model(x)
+            loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+    model.train(was_training)
+    if n == 0:
+        return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+    return {"accuracy": correct / n, "loss": loss_sum / n, "n": n}
+
+
+def _better(a: dict[str, float], b: dict[str, float]) -> bool:
+    """Higher validation accuracy wins; ties go to the lower loss."""
+    if not b:
+        return True
+    if a["accuracy"] != b["accuracy"]:
+        return a["accuracy"] > b["accuracy"]
+    return a["loss"] < b["loss"]
+
+
+def _atomic_save(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
+        val_batches: Callable[[], Batches] | None, cfg: TrainConfig, *,
+        param_groups: list[dict[str, Any]] | None = None, steps_per_epoch: int = 1,
+        phase: str = "train", progress: bool = True, checkpoint: Path | None = None,
+        resume: bool = False) -> FitResult:
+    """Train ``model``; keep the best-validation weights; stop after ``patience`` bad epochs.
+
+    ``train_batches(generator)`` yields one epoch of (inputs, labels), shuffled by the seeded
+    generator. With ``checkpoint``, the full state is saved after every epoch and ``resume``
+    continues from it, giving the same result as an uninterrupted run.
+    """
+    groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    opt = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
+    sched = _make_schedule(cfg.schedule, opt, cfg.epochs, steps_per_epoch)
+    result = FitResult()
+    start_epoch, bad_epochs, elapsed = 1, 0, 0.0
+    torch.manual_seed(cfg.seed)
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None and state.get("scheduler"):
+            sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        result.history, result.best_state = state["history"], state["best_state"]
+        result.best_epoch, result.best_val = state["best_epoch"], state["best_val"]
+        start_epoch, bad_epochs, elapsed = state["epoch"] + 1, state["bad_epochs"], state["elapsed"]
+        log.info("%s: resuming at epoch %d", phase, start_epoch)
+    t0 = time.perf_counter() - elapsed
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if bad_epochs >= cfg.patience:
+            result.stopped_early = True
+            break
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        row = _train_epoch(model, train_batches(gen), opt, sched, steps_per_epoch,
+                           f"{phase} {epoch}/{cfg.epochs}", progress)
+        val = evaluate(model, val_batches()) if val_batches is not None else {}
+        row = {"phase": phase, "epoch": epoch, **row,
+               "val_loss": val.get("loss", ""), "val_accuracy": val.get("accuracy", ""),
+               "lr": opt.param_groups[-1]["lr"]}
+        result.history.append(row)
+        score = val if val else {"accuracy": row["accuracy"], "loss": row["loss"]}
+        if _better(score, result.best_val):
+            result.best_val, result.best_epoch, bad_epochs = dict(score), epoch, 0
+            result.best_state = copy.deepcopy(model.state_dict())
+        else:
+            bad_epochs += 1
+        log.info("%s epoch %d: loss %.4f acc %.4f val_loss %s val_acc %s", phase, epoch,
+                 row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"])
+        if checkpoint is not None:
+            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict() if sched is not None else {},
+                          "rng": torch.get_rng_state(), "history": result.history,
+                          "best_state": result.best_state, "best_epoch": result.best_epoch,
+                          "best_val": result.best_val, "epoch": epoch, "bad_epochs": bad_epochs,
+                          "elapsed": time.perf_counter() - t0}, checkpoint)
+    if result.best_state is not None:
+        model.load_state_dict(result.best_state)
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
+                 sched: Any, steps: int, desc: str, progress: bool) -> dict[str, float]:
+    model.train()
+    loss_sum, correct, n = 0.0, 0, 0
+    with tqdm(batches, total=steps, desc=desc, unit="batch", disable=not progress,
+              leave=False) as bar:
+        for x, y in bar:
+            if not len(y):
+                continue
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            n += len(y)
+            bar.set_postfix(loss=f"{loss_sum / n:.3f}", acc=f"{correct / n:.3f}")
+    if n == 0:
+        return {"loss": math.nan, "accuracy": math.nan}
+    return {"loss": loss_sum / n, "accuracy": correct / n}
