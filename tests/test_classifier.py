@@ -1,0 +1,56 @@
+"""End-to-end estimator behaviour on a tiny random backbone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from graftwork import ImageClassifier, NotFittedError, RunDirError
+from tests.conftest import TINY
+
+
+def test_extract_fit_save_load_predict(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+    clf = ImageClassifier(**TINY, strategy="extract", epochs=30, cache_dir=cache_dir).fit(tiny_data)
+    assert clf.classes_ == ["class_0", "class_1", "class_2"]
+    assert clf.metrics_["val"]["accuracy"] >= 0.9
+    run = clf.save(tmp_path / "run")
+    for name in ("model.safetensors", "config.json", "metrics.json", "history.csv",
+                 "predictions_test.csv"):
+        assert (run / name).is_file(), name
+    loaded = ImageClassifier.load(run)
+    assert loaded.evaluate(tiny_data / "test")["accuracy"] == pytest.approx(
+        clf.metrics_["test"]["accuracy"])
+    preds = loaded.predict([tiny_data / "test" / "class_1"], top_k=2)
+    assert len(preds) == 4 and all(len(p["top_k"]) == 2 for p in preds)
+    assert sum(p["label"] == "class_1" for p in preds) >= 3
+
+
+def test_same_seed_same_metrics(tiny_data: Path, cache_dir: str) -> None:
+    runs = [ImageClassifier(**TINY, epochs=5, cache_dir=cache_dir, seed=3).fit(tiny_data)
+            for _ in range(2)]
+    assert runs[0].history_ == runs[1].history_
+
+
+def test_second_fit_uses_feature_cache(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from graftwork import create_backbone
+
+    weights = tmp_path / "w.safetensors"
+    trunk = create_backbone(TINY["backbone"], "random").trunk
+    save_file({k: v.contiguous() for k, v in trunk.state_dict().items()}, str(weights))
+    params = {**TINY, "weights": str(weights), "cache_dir": cache_dir}
+    first = ImageClassifier(**params, epochs=2).fit(tiny_data)
+    second = ImageClassifier(**params, epochs=4, head="linear").fit(tiny_data)
+    assert first.pretrained_weights_.source == "file"
+    assert first.extract_stats_["extracted"] > 0
+    assert second.extract_stats_["extracted"] == 0 and second.extract_stats_["cached"] > 0
+
+
+def test_predict_before_fit_is_a_named_error() -> None:
+    with pytest.raises(NotFittedError):
+        ImageClassifier().predict(["x.png"])
+
+
+def test_load_missing_run(tmp_path: Path) -> None:
+    with pytest.raises(RunDirError):
+        ImageClassifier.load(tmp_path / "nope")
