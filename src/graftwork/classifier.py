@@ -192,7 +192,7 @@ class ImageClassifier:
         xv, yv = self._features(splits.val, "features val") if splits.val else (None, None)
         head, cfg = self.model_.head, self._phase_config("extract")
         bs = self.batch_size
-        val_fn = (lambda: tensor_batches(xv, yv, 256)) if xv is not None else None
+        val_fn = (lambda: evaluate(head, tensor_batches(xv, yv, 256))) if xv is not None else None
         return fit(head, lambda g: tensor_batches(x, y, bs, g), val_fn, cfg,
                    steps_per_epoch=math.ceil(len(x) / bs), phase="extract",
                    progress=self.progress, checkpoint=self._ckpt("extract"), resume=self._resume)
@@ -227,7 +227,7 @@ class ImageClassifier:
         val_fn = None
         if splits.val:  # backbone frozen and val not augmented: cached features give the same
             xv, yv = self._features(splits.val, "features val")
-            val_fn = lambda: tensor_batches(xv, yv, 256)  # noqa: E731
+            val_fn = lambda: evaluate(self.model_.head, tensor_batches(xv, yv, 256))  # noqa: E731
         return self._fit_end_to_end(splits, "frozen", None, val_fn)
 
     def _fit_finetune(self, splits: Splits) -> Any:
@@ -248,7 +248,7 @@ class ImageClassifier:
         val_fn = None
         if splits.val:
             tf = eval_transform(self.preprocessing_)
-            val_fn = lambda: self._image_batches(splits.val, tf, None, 64)  # noqa: E731
+            val_fn = lambda: evaluate(self.model_, self._image_batches(splits.val, tf, None, 64))  # noqa: E731
         return self._fit_end_to_end(splits, "finetune", groups, val_fn)
 
     # ------------------------------------------------------------------ BN
@@ -433,6 +433,31 @@ class ImageClassifier:
                       ({"path": p, "reason": r} for p, r in sorted(self._skipped.items())))
         log.info("saved run to %s", out)
         return out
+
+    @classmethod
+    def from_model(cls, model: GraftModel, classes: Sequence[str],
+                   preprocessing: dict[str, Any] | None = None) -> ImageClassifier:
+        """Wrap a model trained elsewhere (e.g. to save it, then ``graft doctor`` it)."""
+        spec = model.backbone.spec
+        clf = cls(backbone=spec.name, head="custom", progress=False)
+        clf.model_ = model
+        clf.classes_ = list(classes)
+        clf.preprocessing_ = preprocessing or spec.preprocessing()
+        clf.pretrained_weights_ = model.backbone.weights
+        clf.bn_ = {}
+        clf.trainable_ = {"given": parameter_counts(model)}
+        clf._backbone_pristine = False
+        head = model.head
+        linear = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        if isinstance(head, nn.Sequential) and len(linear) == 2:
+            clf.head, clf.hidden = "mlp", linear[0].out_features
+        elif isinstance(head, nn.Sequential) and len(linear) == 1:
+            clf.head = "linear"
+        else:
+            raise ValueError("from_model needs a head made by graftwork.heads.build_head")
+        dropout = [m.p for m in head.modules() if isinstance(m, nn.Dropout)]
+        clf.dropout = dropout[0] if dropout else 0.0
+        return clf
 
     @classmethod
     def load(cls, run_dir: str | Path) -> ImageClassifier:

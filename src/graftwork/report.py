@@ -967,7 +967,8 @@ def _image_size(config: Mapping[str, Any]) -> Any:
 
 def _bn_before_after(bn: Mapping[str, Any]) -> tuple[Any, Any]:
     """Accuracy before and after BN recalibration, whatever the key layout."""
-    for before_key, after_key in (("before_accuracy", "after_accuracy"),
+    for before_key, after_key in (("val_before", "val_after"), ("train_before", "train_after"),
+                                  ("before_accuracy", "after_accuracy"),
                                   ("accuracy_before", "accuracy_after"), ("before", "after")):
         before, after = bn.get(before_key), bn.get(after_key)
         if isinstance(before, Mapping):

@@ -135,14 +135,14 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
 
 
 def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
-        val_batches: Callable[[], Batches] | None, cfg: TrainConfig, *,
+        validate: Callable[[], dict[str, float]] | None, cfg: TrainConfig, *,
         param_groups: list[dict[str, Any]] | None = None, steps_per_epoch: int = 1,
         phase: str = "train", progress: bool = True, checkpoint: Path | None = None,
         resume: bool = False) -> FitResult:
     """Train ``model``; keep the best-validation weights; stop after ``patience`` bad epochs.
 
     ``train_batches(generator)`` yields one epoch of (inputs, labels), shuffled by the seeded
-    generator. With ``checkpoint``, the full state is saved after every epoch and ``resume``
+    generator; ``validate()`` returns the validation accuracy and loss (see ``evaluate``). With ``checkpoint``, the full state is saved after every epoch and ``resume``
     continues from it, giving the same result as an uninterrupted run.
     """
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
@@ -170,7 +170,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         row = _train_epoch(model, train_batches(gen), opt, sched, steps_per_epoch,
                            f"{phase} {epoch}/{cfg.epochs}", progress)
-        val = evaluate(model, val_batches()) if val_batches is not None else {}
+        val = validate() if validate is not None else {}
         row = {"phase": phase, "epoch": epoch, **row,
                "val_loss": val.get("loss", ""), "val_accuracy": val.get("accuracy", ""),
                "lr": opt.param_groups[-1]["lr"]}
