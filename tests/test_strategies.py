@@ -1,0 +1,110 @@
+"""Strategies frozen / finetune / ladder on the tiny backbone."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from graftwork import AugmentConfig, ImageClassifier
+from graftwork.cli import main
+from graftwork.data import train_transform
+from graftwork.model import bn_layers
+from tests.conftest import TINY
+
+
+def test_ladder_runs_three_phases_warm_started(tiny_data: Path, cache_dir: str) -> None:
+    clf = ImageClassifier(**TINY, strategy="ladder", epochs=2, cache_dir=cache_dir).fit(tiny_data)
+    assert [p["phase"] for p in clf.phases_] == ["extract", "frozen", "finetune"]
+    assert [row["phase"] for row in clf.history_][:2] == ["extract", "extract"]
+    for phase in clf.phases_:
+        assert phase["best_val_accuracy"] is not None and phase["wall_time_s"] >= 0
+    t = clf.trainable_
+    assert t["extract"]["trainable_params"] == t["frozen"]["trainable_params"]
+    assert t["finetune"]["trainable_params"] > t["frozen"]["trainable_params"]
+    assert t["finetune"]["bn_buffers"] > 0  # counted apart from weights
+    assert clf.best_phase_ in ("extract", "frozen", "finetune")
+    assert clf.metrics_["phases"] == clf.phases_
+
+
+def test_frozen_phase_warm_start_keeps_head(tiny_data: Path, cache_dir: str) -> None:
+    """In the ladder, frozen starts from the extract head: its first epoch is already good."""
+    clf = ImageClassifier(**TINY, strategy="ladder", epochs=20, cache_dir=cache_dir).fit(tiny_data)
+    frozen = [r for r in clf.history_ if r["phase"] == "frozen"]
+    assert frozen[0]["val_accuracy"] >= 0.9
+
+
+def test_finetune_unfreeze_all_and_optimizers(tiny_data: Path, cache_dir: str) -> None:
+    for opt, sched in (("sgd", "onecycle"), ("adamw", "cosine"), ("nadam", "none")):
+        clf = ImageClassifier(**TINY, strategy="finetune", unfreeze="all", epochs=1,
+                              optimizer=opt, schedule=sched, cache_dir=cache_dir).fit(tiny_data)
+        counts = clf.trainable_["finetune"]
+        assert counts["frozen_params"] == 0
+    assert clf.config()["hyperparameters"]["phases"]["finetune"]["optimizer"] == "nadam"
+
+
+def test_discriminative_learning_rates(tiny_data: Path, cache_dir: str, monkeypatch) -> None:
+    import graftwork.classifier as cmod
+
+    seen = {}
+    real_fit = cmod.fit
+
+    def spy(model, train, val, cfg, **kw):
+        if kw.get("phase") == "finetune":
+            seen["lrs"] = [g["lr"] for g in kw["param_groups"]]
+        return real_fit(model, train, val, cfg, **kw)
+
+    monkeypatch.setattr(cmod, "fit", spy)
+    ImageClassifier(**TINY, strategy="finetune", unfreeze=3, epochs=1, lr=1e-3, lr_decay=0.5,
+                    cache_dir=cache_dir).fit(tiny_data)
+    assert seen["lrs"] == pytest.approx([1e-3, 1e-3, 5e-4, 2.5e-4])  # head, last, ..., earliest
+
+
+def test_augmentation_is_random_and_switchable() -> None:
+    from PIL import Image
+
+    pre = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
+           "crop_pct": 1.0}
+    img = Image.new("RGB", (40, 40))
+    img.paste((255, 0, 0), (0, 0, 20, 40))
+    torch.manual_seed(0)
+    tf = train_transform(pre, AugmentConfig())
+    outs = [tf(img) for _ in range(4)]
+    assert any(not torch.equal(outs[0], o) for o in outs[1:])
+    off = train_transform(pre, AugmentConfig(rotation=0, shift=0, shear=0, zoom=0, hflip=False))
+    assert torch.equal(off(img), off(img))
+    assert train_transform(pre, None)(img).shape == (3, 32, 32)
+
+
+def test_validation_is_never_augmented(tiny_data: Path, cache_dir: str) -> None:
+    """Same model, same val data: validation accuracy does not depend on augmentation randomness."""
+    clf = ImageClassifier(**TINY, strategy="frozen", epochs=1, cache_dir=cache_dir).fit(tiny_data)
+    a = clf._evaluate_samples(clf.splits_.val)
+    torch.manual_seed(123)
+    b = clf._evaluate_samples(clf.splits_.val)
+    assert a == b
+
+
+def test_cli_ladder_prints_table(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, [
+        "train", str(tiny_data), "--backbone", "test_efficientnet", "--weights", "random",
+        "--image-size", "32", "--strategy", "ladder", "--epochs", "1", "--workers", "0",
+        "--out", str(tmp_path / "run"), "--cache-dir", cache_dir, "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    for word in ("phase", "best_val_accuracy", "test_accuracy", "wall_time_s", "trainable_params",
+                 "extract", "frozen", "finetune", "test accuracy"):
+        assert word in res.output
+
+
+def test_bn_policy_recorded_in_config(tiny_data: Path, cache_dir: str) -> None:
+    clf = ImageClassifier(**TINY, strategy="finetune", epochs=1, cache_dir=cache_dir,
+                          train_bn=True).fit(tiny_data)
+    cfg = clf.config()
+    assert cfg["bn_policy"]["train_bn"] is True
+    assert cfg["bn_policy"]["recalibrated"] is True
+    clf.model_.train()
+    assert clf.model_.bn_in_train_mode()  # unfrozen BN learns with --train-bn
+    frozen = [n for n, m in bn_layers(clf.model_.backbone)
+              if not any(p.requires_grad for p in m.parameters())]
+    assert frozen and not set(frozen) & {n.removeprefix("backbone.") for n in clf.model_.bn_in_train_mode()}
