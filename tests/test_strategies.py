@@ -108,3 +108,17 @@ def test_bn_policy_recorded_in_config(tiny_data: Path, cache_dir: str) -> None:
     frozen = [n for n, m in bn_layers(clf.model_.backbone)
               if not any(p.requires_grad for p in m.parameters())]
     assert frozen and not set(frozen) & {n.removeprefix("backbone.") for n in clf.model_.bn_in_train_mode()}
+
+
+def test_progress_bars_and_quiet_flag(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+    args = ["train", str(tiny_data), "--backbone", "test_efficientnet", "--weights", "random",
+            "--image-size", "32", "--strategy", "finetune", "--train-bn", "--epochs", "1",
+            "--workers", "0", "--cache-dir", cache_dir, "--no-report"]
+    loud = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
+    assert loud.exit_code == 0, loud.output
+    for bar in ("features train", "finetune 1/1", "recalibrate BN"):
+        assert bar in loud.output
+    quiet = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "-q"])
+    assert quiet.exit_code == 0
+    assert "finetune 1/1" not in quiet.output and "it/s" not in quiet.output
+    assert "test accuracy" in quiet.output  # the final one-screen summary is always printed

@@ -19,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
 from graftwork import bn as bn_mod
 from graftwork.backbones import Backbone, WeightsInfo, create_backbone
@@ -163,19 +164,26 @@ class ImageClassifier:
         self.metrics_ = self._final_metrics(splits, time.perf_counter() - t0)
         return self
 
-    def _features(self, samples: Sequence[Sample], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _extract(self, samples: Sequence[Sample], desc: str) -> Any:
+        """Backbone features of ``samples`` through the cache; counts and skipped recorded."""
         res = extract_features(self.model_.backbone, samples, self.preprocessing_, self.cache_dir,
                                batch_size=max(self.batch_size, 32), num_workers=self.num_workers,
                                progress=self.progress, strict=self.strict, desc=desc)
         self._note_skipped(res.skipped)
-        self.extract_stats_ = getattr(self, "extract_stats_", {"extracted": 0, "cached": 0})
-        self.extract_stats_["extracted"] += res.extracted
-        self.extract_stats_["cached"] += res.cached
+        stats = self.__dict__.setdefault("extract_stats_", {"extracted": 0, "cached": 0})
+        stats["extracted"] += res.extracted
+        stats["cached"] += res.cached
+        return res
+
+    def _features(self, samples: Sequence[Sample], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        res = self._extract(samples, desc)
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)
-        assert res.features is not None
         return res.features[res.ok], labels[res.ok]
 
     def _note_skipped(self, skipped: Sequence[Skipped]) -> None:
+        if skipped and self.strict:  # every path (train, val, test, eval) ends here
+            raise BadImageError(f"{skipped[0].path}: {skipped[0].reason}",
+                                "fix or remove the file, or run without --strict")
         for s in skipped:
             self._skipped.setdefault(s.path, s.reason)
 
@@ -207,7 +215,8 @@ class ImageClassifier:
         for batch in loader:
             failures = [Skipped(samples[i].path, r) for i, r in batch["failures"]]
             if failures and self.strict:
-                raise BadImageError(failures[0].reason, "fix or remove the file")
+                raise BadImageError(f"{failures[0].path}: {failures[0].reason}",
+                                    "fix or remove the file, or run without --strict")
             self._note_skipped(failures)
             yield batch["images"].contiguous(memory_format=torch.channels_last), batch["labels"]
 
@@ -272,7 +281,10 @@ class ImageClassifier:
         before = self._evaluate_samples(splits.val) if splits.val else {}
         tf = eval_transform(self.preprocessing_)
         names = [f"backbone.{n}" for n in layers]
-        bn_mod.recalibrate(self.model_, self._image_batches(splits.train, tf, None, 64), names)
+        batches = tqdm(self._image_batches(splits.train, tf, None, 64), desc="recalibrate BN",
+                       total=math.ceil(len(splits.train) / 64), unit="batch",
+                       disable=not self.progress, leave=False)
+        bn_mod.recalibrate(self.model_, batches, names)
         after = self._evaluate_samples(splits.val) if splits.val else {}
         policy.update(recalibrated=True, layers=len(names), val_before=before, val_after=after)
         return policy
@@ -282,10 +294,7 @@ class ImageClassifier:
         """Eval-mode logits of the decodable samples and the mask of which those are."""
         self.model_.eval()
         if self._backbone_pristine and hasattr(self, "_skipped"):
-            res = extract_features(self.model_.backbone, samples, self.preprocessing_,
-                                   self.cache_dir, num_workers=self.num_workers,
-                                   progress=self.progress, desc="features eval")
-            self._note_skipped(res.skipped)
+            res = self._extract(samples, "features eval")
             with torch.inference_mode():
                 return self.model_.head(res.features[res.ok]), res.ok  # type: ignore[index]
         tf = eval_transform(self.preprocessing_)
