@@ -74,10 +74,11 @@ def map_state_dict(source: dict[str, torch.Tensor], target: nn.Module,
     if len(best) == len(wanted):
         return best
     if positional:
-        kept = [k for k in source if not k.startswith(_CLASSIFIER_KEYS)]
-        if len(kept) == len(wanted) and all(
-                source[s].shape == wanted[t].shape for s, t in zip(kept, wanted)):
-            return {t: source[s] for s, t in zip(kept, wanted)}
+        trunk_only = [k for k in source if not k.startswith(_CLASSIFIER_KEYS)]
+        for kept in (list(source), trunk_only):  # onto a whole model (with classifier) or a trunk
+            if len(kept) == len(wanted) and all(
+                    source[s].shape == wanted[t].shape for s, t in zip(kept, wanted)):
+                return {t: source[s] for s, t in zip(kept, wanted)}
     missing = [k for k in wanted if k not in best][:3]
     raise ModelFileError(f"weights do not fit this backbone (e.g. missing {missing})",
                          "pass weights saved from the same architecture")

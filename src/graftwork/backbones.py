@@ -178,10 +178,8 @@ class Backbone(nn.Module):
         return f.flatten(1)
 
     def _infer_feature_dim(self) -> int:
-        info = getattr(self.trunk, "feature_info", None)
-        if isinstance(info, list) and info and "num_chs" in info[-1] \
-                and not hasattr(self.trunk, "forward_head"):
-            return int(info[-1]["num_chs"])
+        if isinstance(getattr(self.trunk, "num_features", None), int):  # timm models
+            return int(self.trunk.num_features)
         size = max(self.spec.input_size, 32) if self.spec.library != "custom" else self.spec.input_size
         was_training = self.training
         self.eval()
@@ -227,8 +225,14 @@ def _build_trunk(spec: BackboneSpec, factory: _Factory | None) -> nn.Module:
 
         return getattr(torchvision.models, spec.arch)(weights=None).features
     import timm
+    from timm.models.vgg import ConvMlp
 
-    return timm.create_model(spec.arch, pretrained=False, num_classes=0)
+    model = timm.create_model(spec.arch, pretrained=False, num_classes=0)
+    if isinstance(getattr(model, "pre_logits", None), ConvMlp):
+        # VGG's fc6/fc7 (as 7x7/1x1 convs, ~120M weights) are top layers the pooled features
+        # never use: drop them, as Keras' include_top=False does.
+        model.pre_logits = nn.Identity()
+    return model
 
 
 def create_backbone(name: str, weights: str | None = None, *, pretrained: bool = True) -> Backbone:
@@ -242,7 +246,9 @@ def create_backbone(name: str, weights: str | None = None, *, pretrained: bool =
     spec = get_spec(name)
     factory = _REGISTRY.get(name, (None, None))[1]
     trunk = _build_trunk(spec, factory)
-    if not pretrained or weights == "random":
+    if not pretrained:  # weights will be loaded over these: no digest needed
+        info = WeightsInfo("none", "", "")
+    elif weights == "random":
         info = WeightsInfo("random", "", _weights.state_digest(trunk.state_dict()))
     else:
         info = _weights.load_pretrained(trunk, spec, weights)

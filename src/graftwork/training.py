@@ -134,6 +134,30 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
+    """A checkpoint saved by ``fit`` (no pickled code runs); ``ModelFileError`` if unusable."""
+    from graftwork.errors import ModelFileError
+
+    fix = f"delete {str(path)!r} (or run without --resume) to start this phase afresh"
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        wanted = model.state_dict()
+        if set(state["model"]) != set(wanted) or any(
+                state["model"][k].shape != v.shape for k, v in wanted.items()):
+            raise ModelFileError(f"checkpoint {str(path)!r} was saved by a different model",
+                                 "resume with the options of the interrupted run, or " + fix)
+        for key in ("optimizer", "rng", "history", "best_state", "best_epoch", "best_val",
+                    "epoch", "bad_epochs", "elapsed"):
+            state[key]  # noqa: B018  (KeyError if missing)
+    except ModelFileError:
+        raise
+    except Exception as exc:  # truncated, tampered, or not a checkpoint at all
+        raise ModelFileError(f"checkpoint {str(path)!r} is corrupt: "
+                             f"{(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
+                             fix) from exc
+    return state
+
+
 def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         validate: Callable[[], dict[str, float]] | None, cfg: TrainConfig, *,
         param_groups: list[dict[str, Any]] | None = None, steps_per_epoch: int = 1,
@@ -152,7 +176,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
     start_epoch, bad_epochs, elapsed = 1, 0, 0.0
     torch.manual_seed(cfg.seed)
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = _load_checkpoint(checkpoint, model)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
