@@ -131,15 +131,34 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     return run, out.read_text(encoding="utf-8")
 
 
-def test_report_module_never_imports_torch() -> None:
-    """report.py must stay usable without torch: it imports only graftwork.errors from the
-    package (the package's own __init__ is outside this guarantee)."""
-    tree = ast.parse(Path(report.__file__).read_text(encoding="utf-8"))
+def _absolute_imports(path: Path, package: str) -> set[str]:
+    """Every module ``path`` imports, relative imports resolved against ``package``."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
                 for alias in node.names}
-    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                imported.add(f"{base}.{node.module}" if node.module else base)
+            else:
+                imported.add(node.module or "")
+    return imported
+
+
+def test_report_package_never_imports_torch() -> None:
+    """graftwork.report must stay usable without torch: across all of its modules it imports
+    only graftwork.errors from the rest of the package (the package's own __init__ is outside
+    this guarantee), and never torch."""
+    modules = sorted(Path(report.__file__).parent.glob("*.py"))
+    assert {m.name for m in modules} >= {"__init__.py", "_run.py", "_html.py"}
+    imported: set[str] = set()
+    for module in modules:
+        imported |= _absolute_imports(module, report.__name__)
     assert not any(name.split(".")[0] == "torch" for name in imported)
-    assert {name for name in imported if name.startswith("graftwork")} == {"graftwork.errors"}
+    outside = {name for name in imported if name.split(".")[0] == "graftwork"
+               and name != report.__name__ and not name.startswith(report.__name__ + ".")}
+    assert outside == {"graftwork.errors"}
 
 
 # --------------------------------------------------------------------------- smoothing

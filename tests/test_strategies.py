@@ -122,3 +122,16 @@ def test_progress_bars_and_quiet_flag(tiny_data: Path, cache_dir: str, tmp_path:
     assert quiet.exit_code == 0
     assert "finetune 1/1" not in quiet.output and "it/s" not in quiet.output
     assert "test accuracy" in quiet.output  # the final one-screen summary is always printed
+
+
+def test_unfreeze_out_of_range_fails_before_training(tiny_data: Path, cache_dir: str,
+                                                    tmp_path: Path) -> None:
+    from graftwork import ConfigError
+
+    with pytest.raises(ConfigError, match="has 6 blocks"):
+        ImageClassifier(**TINY, strategy="finetune", unfreeze=99, cache_dir=cache_dir).fit(tiny_data)
+    res = CliRunner().invoke(main, [
+        "train", str(tiny_data), "--backbone", "test_efficientnet", "--weights", "random",
+        "--strategy", "ladder", "--unfreeze", "99", "--out", str(tmp_path / "r"), "-q"])
+    assert res.exit_code == 2 and "Fix: choose 0..6 or 'all'" in res.output
+    assert not (tmp_path / "r" / "model.safetensors").exists()

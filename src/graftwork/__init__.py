@@ -18,6 +18,7 @@ _EXPORTS = {
     "GraftError": "errors", "DataError": "errors", "BadImageError": "errors",
     "BackboneNotFoundError": "errors", "WeightsNotFoundError": "errors",
     "NotFittedError": "errors", "RunDirError": "errors", "ModelFileError": "errors",
+    "ConfigError": "errors",
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])

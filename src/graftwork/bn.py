@@ -140,9 +140,12 @@ def _layer_distances(model: nn.Module, batches: Batches) -> list[dict[str, Any]]
     return sorted(out, key=lambda r: r["distance"], reverse=True)
 
 
-def diagnose(model: nn.Module, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+def diagnose(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              top: int = 10) -> DoctorReport:
-    """Compare BN train mode (batch statistics) with eval mode (running averages) on data."""
+    """Compare BN train mode (batch statistics) with eval mode (running averages) on data.
+
+    ``batches`` is iterated three times (a list, or an object whose ``__iter__`` restarts).
+    """
     eval_mode = evaluate(model, batches)
     train_mode = _batch_stat_eval(model, batches)
     layers = _layer_distances(model, batches)[:top]

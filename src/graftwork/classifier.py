@@ -25,7 +25,8 @@ from graftwork import bn as bn_mod
 from graftwork.backbones import Backbone, WeightsInfo, create_backbone
 from graftwork.data import (AugmentConfig, ImageDataset, Sample, Skipped, Splits, collate_skip,
                             discover, eval_transform, list_images, train_transform)
-from graftwork.errors import BadImageError, DataError, ModelFileError, NotFittedError, RunDirError
+from graftwork.errors import (BadImageError, ConfigError, DataError, ModelFileError,
+                              NotFittedError, RunDirError)
 from graftwork.features import default_workers, extract_features
 from graftwork.heads import build_head
 from graftwork.model import GraftModel, bn_layers, freeze_backbone, parameter_counts
@@ -118,7 +119,8 @@ class ImageClassifier:
             resume: bool = False) -> ImageClassifier:
         """Train on an image folder (``DATA/train|val|test/<class>`` or ``DATA/<class>``)."""
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {self.strategy!r}; choose one of {STRATEGIES}")
+            raise ConfigError(f"unknown strategy {self.strategy!r}",
+                              f"choose one of {', '.join(STRATEGIES)}")
         t0 = time.perf_counter()
         seed_everything(self.seed)
         splits = discover(data, self.val_fraction, self.test_fraction, self.seed)
@@ -126,6 +128,7 @@ class ImageClassifier:
         self.splits_ = splits
         self._skipped: dict[str, str] = {s.path: s.reason for s in splits.skipped}
         backbone = create_backbone(self.backbone, self.weights)
+        self._check_unfreeze(backbone)
         self.pretrained_weights_ = backbone.weights
         self.preprocessing_ = backbone.spec.preprocessing(self.image_size)
         head = build_head(self.head, backbone.feature_dim, len(self.classes_), self.hidden,
@@ -163,6 +166,16 @@ class ImageClassifier:
         self.model_.eval()
         self.metrics_ = self._final_metrics(splits, time.perf_counter() - t0)
         return self
+
+    def _check_unfreeze(self, backbone: Backbone) -> None:
+        """Fail before any training when ``unfreeze`` does not fit the backbone."""
+        if self.strategy not in ("finetune", "ladder") or self.unfreeze == "all":
+            return
+        n = len(backbone.block_param_names())
+        if not isinstance(self.unfreeze, int) or not 0 <= self.unfreeze <= n:
+            raise ConfigError(f"unfreeze={self.unfreeze!r} does not fit {self.backbone}, which "
+                              f"has {n} blocks", f"choose 0..{n} or 'all' "
+                              f"(see `graft summary {self.backbone}`)")
 
     def _extract(self, samples: Sequence[Sample], desc: str) -> Any:
         """Backbone features of ``samples`` through the cache; counts and skipped recorded."""

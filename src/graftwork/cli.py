@@ -269,7 +269,7 @@ def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str) -> None:
         click.echo(format_table(flat, cols))
 
 
-def _load_for_bn(run: Path, data: Path, batch_size: int) -> tuple[Any, list[Any]]:
+def _load_for_bn(run: Path, data: Path, batch_size: int) -> tuple[Any, Any]:
     from graftwork.classifier import ImageClassifier
     from graftwork.data import discover, eval_transform
 
@@ -282,8 +282,17 @@ def _load_for_bn(run: Path, data: Path, batch_size: int) -> tuple[Any, list[Any]
         raise DataError(f"classes in {str(folder)!r} differ from the model's", "use the same "
                         "class folders the model was trained on")
     tf = eval_transform(clf.preprocessing_)
-    batches = list(clf._image_batches(splits.train, tf, None, batch_size))
-    return clf, batches
+    return clf, _Reiterable(lambda: clf._image_batches(splits.train, tf, None, batch_size))
+
+
+class _Reiterable:
+    """Batches that can be iterated several times without holding the images in memory."""
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Any:
+        return iter(self.make())
 
 
 @main.command()
@@ -338,7 +347,7 @@ def recalibrate(run: Path, data: Path, batch_size: int) -> None:
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     clf.metrics_ = {**metrics, "bn": clf.bn_}
     clf.save(run)
-    click.echo(f"recalibrated {len(layers)} BN layers on {sum(len(y) for _, y in batches)} images: "
+    click.echo(f"recalibrated {len(layers)} BN layers on {after['n']} images: "
                f"eval-mode accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}; "
                f"saved {run}")
 

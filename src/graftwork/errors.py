@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __all__ = [
     "GraftError", "DataError", "BackboneNotFoundError", "WeightsNotFoundError",
-    "NotFittedError", "RunDirError", "ModelFileError", "BadImageError",
+    "NotFittedError", "RunDirError", "ModelFileError", "BadImageError", "ConfigError",
 ]
 
 
@@ -48,3 +48,7 @@ class RunDirError(GraftError):
 
 class ModelFileError(GraftError):
     """A model or weights file is corrupt, tampered with, or does not match the backbone."""
+
+
+class ConfigError(GraftError):
+    """A parameter value does not fit (e.g. more blocks to unfreeze than the backbone has)."""
