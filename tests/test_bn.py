@@ -107,8 +107,10 @@ def test_doctor_and_recalibrate_commands(three_images: Path, tmp_path: Path) -> 
     run = ImageClassifier.from_model(model, ["c0", "c1", "c2"],
                                      TRAP_SPEC.preprocessing()).save(tmp_path / "run")
     runner = CliRunner()
+    assert runner.invoke(main, ["report", str(run)]).exit_code == 0
     res = runner.invoke(main, ["doctor", str(run), str(three_images), "--json"])
     assert res.exit_code == 0, res.output
+    assert "BatchNorm running statistics do not match" in (run / "report.html").read_text()
     import json
 
     report = json.loads(res.output)

@@ -312,6 +312,8 @@ def doctor(run: Path, data: Path, batch_size: int, as_json: bool) -> None:
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     metrics["doctor"] = report
     write_json(run / "metrics.json", metrics)
+    if (run / "report.html").exists():
+        _build_report(run)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -347,6 +349,8 @@ def recalibrate(run: Path, data: Path, batch_size: int) -> None:
     metrics = read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     clf.metrics_ = {**metrics, "bn": clf.bn_}
     clf.save(run)
+    if (run / "report.html").exists():
+        _build_report(run)
     click.echo(f"recalibrated {len(layers)} BN layers on {after['n']} images: "
                f"eval-mode accuracy {before['accuracy']:.4f} -> {after['accuracy']:.4f}; "
                f"saved {run}")
