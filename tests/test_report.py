@@ -96,7 +96,7 @@ def make_run(root: Path, name: str = "run1", *, created: str = "2024-05-01T10:00
             {"phase": "finetune", "best_val_accuracy": val_acc, "test_accuracy": test_acc,
              "wall_time_s": 80.25, "trainable_params": 11178051},
         ],
-        "bn": {"before": {"accuracy": 0.70}, "after": {"accuracy": 0.86}},
+        "bn": {"recalibrated": True, "val_before": {"accuracy": 0.70}, "val_after": {"accuracy": 0.86}},
         "doctor": {"train_mode": {"accuracy": 0.85, "loss": 0.4},
                    "eval_mode": {"accuracy": 0.30, "loss": 2.1}, "gap": 0.55,
                    "verdict": "BN statistics mismatch", "fix": "use --bn recalibrate",

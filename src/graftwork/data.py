@@ -5,6 +5,7 @@ import io
 import logging
 import os
 import random
+import stat
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,7 +62,11 @@ def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
     """Files below ``folder``, following symlinks once (loops detected), hidden entries ignored."""
     seen: set[str] = set()
     out: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+
+    def unreadable(err: OSError) -> None:
+        skipped.append(Skipped(str(err.filename or folder), f"cannot read folder: {err.strerror}"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=unreadable, followlinks=True):
         real = os.path.realpath(dirpath)
         if real in seen:
             skipped.append(Skipped(dirpath, "symlink loop: folder already visited"))
@@ -70,8 +75,19 @@ def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if not name.startswith("."):
-                out.append(Path(dirpath) / name)
+            if name.startswith("."):  # hidden files (.DS_Store, ._img.jpg AppleDouble) ignored
+                continue
+            path = Path(dirpath) / name
+            try:
+                st = path.stat()  # follows symlinks
+            except OSError as exc:
+                reason = "broken symlink" if path.is_symlink() else f"cannot read: {exc.strerror}"
+                skipped.append(Skipped(str(path), reason))
+                continue
+            if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices would block or never end
+                skipped.append(Skipped(str(path), "not a regular file"))
+                continue
+            out.append(path)
     return out
 
 
@@ -90,7 +106,12 @@ def list_images(folder: Path, skipped: list[Skipped] | None = None) -> list[Path
 
 
 def _class_folders(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    try:
+        return sorted(p.name for p in folder.iterdir()
+                      if p.is_dir() and not p.name.startswith("."))
+    except OSError as exc:
+        raise DataError(f"cannot read folder {str(folder)!r}: {exc.strerror}",
+                        "check the path and its permissions") from exc
 
 
 def _scan_split(folder: Path, classes: list[str], skipped: list[Skipped]) -> list[Sample]:
@@ -105,17 +126,17 @@ def _scan_split(folder: Path, classes: list[str], skipped: list[Skipped]) -> lis
 
 
 def _stratified_split(samples: list[Sample], fractions: Sequence[float], seed: int,
-                      num_classes: int) -> list[list[Sample]]:
+                      classes: list[str]) -> list[list[Sample]]:
     """Split per class with a seeded shuffle; every part gets at least one image of each class."""
     rng = random.Random(seed)
     parts: list[list[Sample]] = [[] for _ in range(len(fractions) + 1)]
-    for label in range(num_classes):
+    for label, name in enumerate(classes):
         items = [s for s in samples if s.label == label]
         rng.shuffle(items)
         sizes = [max(1, round(f * len(items))) if f > 0 else 0 for f in fractions]
         if sum(sizes) >= len(items):
             need = sum(1 for f in fractions if f > 0) + 1
-            raise DataError(f"class {label} has {len(items)} images, too few for this split",
+            raise DataError(f"class {name!r} has {len(items)} images, too few for this split",
                             f"give each class at least {need} images, or lower the val/test "
                             "fractions, or provide train/ and val/ folders")
         start = 0
@@ -164,7 +185,7 @@ def discover(root: str | Path, val_fraction: float = 0.2, test_fraction: float =
             given[split] = _scan_split(folder, classes, skipped)
     fractions = [val_fraction if "val" not in given else 0.0,
                  test_fraction if ("test" not in given and not explicit) else 0.0]
-    parts = _stratified_split(train, fractions, seed, len(classes))
+    parts = _stratified_split(train, fractions, seed, classes)
     splits = Splits(classes, parts[0], given.get("val", parts[1]), given.get("test", parts[2]),
                     skipped, explicit)
     log.info("data %s: %d classes, %s", root, len(classes), splits.counts())
@@ -174,9 +195,17 @@ def discover(root: str | Path, val_fraction: float = 0.2, test_fraction: float =
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (palette, alpha, 16-bit, CMYK, ...) to 8-bit RGB on a white background."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(img, dtype=np.float32)
+        # float32 and in place: a 32-bit image near PIL's pixel limit must not need gigabytes
+        arr = np.array(img, dtype=np.float32)
+        np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
         lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        if hi > lo:
+            with np.errstate(over="ignore", invalid="ignore"):  # extreme floats: clipped below
+                arr -= np.float32(lo)
+                arr *= np.float32(255.0 / (hi - lo))
+            np.clip(arr, 0.0, 255.0, out=arr)
+        else:
+            arr.fill(0.0)
         img = Image.fromarray(arr.astype(np.uint8), mode="L")
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -196,9 +225,10 @@ def load_image(source: str | Path | bytes, draft_size: int | None = None) -> Ima
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Corrupt EXIF data" etc.: still usable
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            fh = io.BytesIO(source) if isinstance(source, bytes) else open(source, "rb")
-            with fh, Image.open(fh) as img:
+            fh = io.BytesIO(source) if isinstance(source, bytes) else _open_file(source)
+            with fh, Image.open(fh, formats=_open_formats()) as img:
                 if draft_size and img.format == "JPEG":
                     img.draft("RGB", (draft_size, draft_size))
                 img.load()
@@ -207,17 +237,48 @@ def load_image(source: str | Path | bytes, draft_size: int | None = None) -> Ima
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImageError(f"{name}: too many pixels (decompression bomb guard): {exc}",
                             "shrink the image or remove it") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            MemoryError) as exc:
-        reason = "empty file" if _is_empty(source) else f"cannot decode: {exc}"
-        raise BadImageError(f"{name}: {reason}", "re-export or remove the file") from exc
+    except Exception as exc:  # any decoder failure on a hostile file is a bad image, not a crash
+        raise BadImageError(f"{name}: {_failure_reason(source, exc)}",
+                            "re-export or remove the file") from exc
+
+
+# Only the decoders of IMAGE_EXTENSIONS are tried (never e.g. EPS, which runs Ghostscript).
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM")
+
+
+def _open_file(path: str | Path) -> io.BufferedReader:
+    if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+        raise ValueError("not a regular file")
+    return open(path, "rb")
+
+
+def _open_formats() -> list[str]:
+    Image.init()
+    return [f for f in _FORMATS if f in Image.OPEN]
+
+
+def _failure_reason(source: str | Path | bytes, exc: Exception) -> str:
+    """A short human reason for a decode failure (without the file name)."""
+    if _is_empty(source):
+        return "empty file"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (unrecognised or unsupported format)"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    if isinstance(exc, OSError) and exc.strerror:  # FileNotFoundError, PermissionError, ...
+        return f"cannot read file: {exc.strerror}"
+    text = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+    if "truncated" in text:
+        return f"truncated file: {text}"
+    return f"corrupt image: {text}"
 
 
 def _is_empty(source: str | Path | bytes) -> bool:
     if isinstance(source, bytes):
         return not source
     try:
-        return os.path.getsize(source) == 0
+        st = os.stat(source)
+        return stat.S_ISREG(st.st_mode) and st.st_size == 0
     except OSError:
         return False
 
@@ -300,10 +361,10 @@ class ImageDataset(torch.utils.data.Dataset):
         try:
             img = load_image(sample.path, self.draft_size)
             return self.transform(img), sample.label, index, ""
-        except BadImageError as exc:
-            return None, sample.label, index, exc.message
+        except BadImageError as exc:  # the reason alone: the path travels next to it
+            return None, sample.label, index, exc.message.removeprefix(f"{sample.path}: ")
         except Exception as exc:  # a transform failing on a strange image must not kill the run
-            return None, sample.label, index, f"{sample.path}: {type(exc).__name__}: {exc}"
+            return None, sample.label, index, f"cannot transform: {type(exc).__name__}: {exc}"
 
 
 def collate_skip(batch: list[tuple[Any, ...]]) -> dict[str, Any]:

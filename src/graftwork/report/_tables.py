@@ -104,17 +104,12 @@ def _image_size(config: Mapping[str, Any]) -> Any:
 
 
 def _bn_before_after(bn: Mapping[str, Any]) -> tuple[Any, Any]:
-    """Accuracy before and after BN recalibration, whatever the key layout."""
-    for before_key, after_key in (("val_before", "val_after"), ("train_before", "train_after"),
-                                  ("before_accuracy", "after_accuracy"),
-                                  ("accuracy_before", "accuracy_after"), ("before", "after")):
+    """Accuracy before and after BN recalibration: validation (``graft train``) or training
+    images (``graft recalibrate``)."""
+    for before_key, after_key in (("val_before", "val_after"), ("train_before", "train_after")):
         before, after = bn.get(before_key), bn.get(after_key)
-        if isinstance(before, Mapping):
-            before = before.get("accuracy")
-        if isinstance(after, Mapping):
-            after = after.get("accuracy")
-        if before is not None or after is not None:
-            return before, after
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            return before.get("accuracy"), after.get("accuracy")
     return None, None
 
 
