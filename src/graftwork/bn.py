@@ -28,6 +28,14 @@ Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 _BN = nn.modules.batchnorm._BatchNorm
 
 
+def _forward_all(model: nn.Module, batches: Batches) -> None:
+    """Run the model over every batch without gradients (for BN statistics and hooks)."""
+    with torch.no_grad():
+        for x, _ in batches:
+            if len(x):
+                model(x)
+
+
 def recalibrate(model: nn.Module, batches: Batches,
                 layers: Sequence[str] | None = None) -> list[str]:
     """Recompute running mean/var of BN ``layers`` (default: all) as a cumulative average.
@@ -47,10 +55,7 @@ def recalibrate(model: nn.Module, batches: Batches,
         bn.momentum = None  # cumulative moving average over all batches
         nn.Module.train(bn, True)
     try:
-        with torch.no_grad():
-            for x, _ in batches:
-                if len(x):
-                    model(x)
+        _forward_all(model, batches)
     finally:
         for name, bn in chosen:
             bn.momentum = saved[name]
@@ -117,10 +122,7 @@ def _layer_distances(model: nn.Module, batches: Batches) -> list[dict[str, Any]]
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
-            for x, _ in batches:
-                if len(x):
-                    model(x)
+        _forward_all(model, batches)
     finally:
         for h in hooks:
             h.remove()
