@@ -15,7 +15,8 @@ from torch import nn
 
 from graftwork.data import Sample, discover, load_image
 from graftwork.errors import BadImageError
-from graftwork.training import TrainConfig, evaluate, fit, seed_everything, tensor_batches
+from graftwork.training import (TrainConfig, evaluate, fit, seed_everything, tensor_batches,
+                                torch_threads)
 
 __all__ = ["pixel_baseline"]
 
@@ -45,8 +46,9 @@ def pixel_baseline(data: str | Path, size: int = 28, epochs: int = 200, seed: in
     model = nn.Linear(x.shape[1], len(splits.classes))
     cfg = TrainConfig(epochs=epochs, lr=1e-3, optimizer="adam", weight_decay=1e-3,
                       patience=20, seed=seed)
-    fit(model, lambda g: tensor_batches(x, y, 32, g), lambda: evaluate(model, [(xv, yv)]), cfg,
-        steps_per_epoch=math.ceil(len(x) / 32), phase="pixels", progress=False)
+    with torch_threads(1):
+        fit(model, lambda g: tensor_batches(x, y, 32, g), lambda: evaluate(model, [(xv, yv)]),
+            cfg, steps_per_epoch=math.ceil(len(x) / 32), phase="pixels", progress=False)
     out: dict[str, Any] = {"val": evaluate(model, [(xv, yv)])}
     if splits.test:
         xt, yt = _pixels(splits.test, size)

@@ -32,7 +32,8 @@ from graftwork.heads import build_head
 from graftwork.model import GraftModel, bn_layers, freeze_backbone, parameter_counts
 from graftwork.run import (HISTORY_COLUMNS, PREDICTION_COLUMNS, package_versions, read_json,
                            write_csv, write_json)
-from graftwork.training import TrainConfig, evaluate, fit, seed_everything, tensor_batches
+from graftwork.training import (TrainConfig, evaluate, fit, seed_everything, tensor_batches,
+                                torch_threads)
 
 __all__ = ["ImageClassifier", "STRATEGIES", "PHASE_DEFAULTS"]
 
@@ -214,9 +215,11 @@ class ImageClassifier:
         head, cfg = self.model_.head, self._phase_config("extract")
         bs = self.batch_size
         val_fn = (lambda: evaluate(head, tensor_batches(xv, yv, 256))) if xv is not None else None
-        return fit(head, lambda g: tensor_batches(x, y, bs, g), val_fn, cfg,
-                   steps_per_epoch=math.ceil(len(x) / bs), phase="extract",
-                   progress=self.progress, checkpoint=self._ckpt("extract"), resume=self._resume)
+        with torch_threads(1):
+            return fit(head, lambda g: tensor_batches(x, y, bs, g), val_fn, cfg,
+                       steps_per_epoch=math.ceil(len(x) / bs), phase="extract",
+                       progress=self.progress, checkpoint=self._ckpt("extract"),
+                       resume=self._resume)
 
     def _image_batches(self, samples: Sequence[Sample], transform: Any, generator: torch.Generator | None,
                        batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 import logging
 import math
 import os
@@ -16,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
-           "OPTIMIZERS", "SCHEDULES", "seed_everything"]
+           "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,21 @@ class FitResult:
     best_val: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     stopped_early: bool = False
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch ops on ``n`` intra-op threads inside the block.
+
+    Small ops (a dense head on cached features) are many times slower on two OpenMP threads
+    than on one, and far worse when another process holds a core.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def seed_everything(seed: int) -> None:
