@@ -177,7 +177,8 @@ def extract_features(backbone: Backbone, samples: Sequence[Sample], preprocessin
     bad = _run_extraction(backbone, cache, [samples[i] for i in todo], [digests[i] for i in todo],
                           preprocessing, batch_size, num_workers, progress, desc)
     if bad and strict:
-        raise BadImageError(bad[0].reason, "fix or remove the file, or run without --strict")
+        raise BadImageError(f"{bad[0].path}: {bad[0].reason}",
+                            "fix or remove the file, or run without --strict")
     skipped += bad
     ok = torch.tensor([d is not None and d in cache.index() for d in digests], dtype=torch.bool)
     features = None
