@@ -41,9 +41,10 @@ sys.path.insert(0, str(REPO / "scripts"))
 # feeds forward_only, end_to_end and naive); rss: the 64 px set of the memory part.
 PLANS: dict[str, dict[str, Any]] = {
     "full": {"main": (500, 100, 100), "forward": 200, "end_to_end": 3000, "e2e_reps": 3,
-             "naive": 200,
+             "torch_e2e": 300, "naive": 200,
              "rss": (500, 2500)},
     "quick": {"main": (6, 2, 2), "forward": 32, "end_to_end": 60, "e2e_reps": 1, "naive": 20,
+              "torch_e2e": 0,
               "rss": (10, 50)},
 }
 PHOTO_PX = 400  # realistic photo size for the speed figures
@@ -387,6 +388,10 @@ def markdown(res: dict[str, Any]) -> str:
          f"{r['engine']}",
          "", ""),
         ("naive", f"{r['naive']:.1f} img/s", f"{r['naive_images']} images", "", ""),
+        *([("end_to_end, torch engine", f"{r['end_to_end_torch']:.1f} img/s",
+            f"without onnxruntime: {r['end_to_end_vs_forward_only_torch']:.2f} × its "
+            f"forward_only ({r['forward_only_torch']:.1f}, channels_last)", "", "")]
+          if r["end_to_end_torch"] else []),
         ("first run", f"{r['first_run_s']:.1f} s",
          f"`graft train` (extract, mlp head), {r['train_images']} images, cold cache", "", ""),
         ("cached_rerun", f"{r['cached_rerun_s']:.1f} s", "same data and cache, `--head linear`",
@@ -492,6 +497,13 @@ def main() -> None:
     e2e_samples = interleave(train, plan["end_to_end"])
     e2e = end_to_end(backbone, pre, interleave(val, 64), e2e_samples, DATA / "cache-e2e", engine,
                      reps=plan["e2e_reps"], between=lambda: again(best))
+    torch_cl = "torch eager channels_last, batch 64"
+    e2e_torch = {"rate": None}
+    if plan["torch_e2e"]:  # the same pipeline without onnxruntime, for comparison
+        e2e_torch = end_to_end(backbone, pre, samples_of(main_data / "test", 1),
+                               interleave(val, plan["torch_e2e"]),
+                               DATA / "cache-e2e-torch", "torch", reps=1,
+                               between=lambda: again(torch_cl))
     naive_rate = naive(args.backbone, args.image_size, interleave(train, plan["naive"]))
     del backbone
 
@@ -515,6 +527,9 @@ def main() -> None:
         "end_to_end_vs_naive": round(e2e["rate"] / naive_rate, 2),
         "first_vs_cached_rerun": round(first / rerun, 2),
         "rss_big_vs_small": round(big["peak_rss_mb"] / small["peak_rss_mb"], 3),
+        "end_to_end_torch": e2e_torch["rate"], "forward_only_torch": fwd[torch_cl],
+        "end_to_end_vs_forward_only_torch": (round(e2e_torch["rate"] / fwd[torch_cl], 3)
+                                             if e2e_torch["rate"] else None),
         "features_cold_s": round(parts["n"] / e2e["rate"], 1),
         "features_cached_s": round(parts["features_s"], 2),
         "features_cold_vs_cached": round(parts["n"] / e2e["rate"] / parts["features_s"], 1),

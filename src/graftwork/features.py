@@ -291,13 +291,13 @@ def _run_extraction(backbone: Backbone, cache: FeatureCache, samples: list[Sampl
     backbone.eval()
     batches = None
     try:
+        batches = iter(loader)  # workers start decoding while the engine gets ready
         run, used = make_runner(backbone, preprocessing, cache, engine, len(samples))
         bad: list[Skipped] = []
         buf_feats: list[torch.Tensor] = []
         buf_digests: list[bytes] = []
         with torch.inference_mode(), tqdm(total=len(samples), desc=desc, unit="img",
                                           disable=not progress, leave=False) as bar:
-            batches = iter(loader)
             for batch in batches:
                 bad += [Skipped(samples[i].path, reason) for i, reason in batch["failures"]]
                 if len(batch["indices"]):
