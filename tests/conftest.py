@@ -33,6 +33,16 @@ def make_image_folder(root: Path, classes: int = 3, counts: dict[str, int] | Non
     return root
 
 
+class EvilPickle:
+    """Unpickling this creates the file ``marker``: proof that pickled code ran."""
+
+    def __init__(self, marker: str | Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.marker, "w"))
+
+
 @pytest.fixture()
 def tiny_data(tmp_path: Path) -> Path:
     return make_image_folder(tmp_path / "data")

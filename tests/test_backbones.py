@@ -16,7 +16,7 @@ from graftwork.errors import BackboneNotFoundError, ModelFileError, WeightsNotFo
 from graftwork.model import freeze_backbone
 from safetensors.torch import save_file
 
-from tests.conftest import TINY
+from tests.conftest import TINY, EvilPickle
 
 # ---------------------------------------------------------------------------------- registry
 
@@ -205,28 +205,18 @@ def test_corrupt_weights_files_are_model_file_errors(tmp_path: Path) -> None:
         assert str(path) in info.value.message and "\n" not in info.value.message
 
 
-class _Evil:
-    """Unpickling this creates the file ``marker``: code execution, if the loader allows it."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (self.marker, "w"))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_pickle_with_code_is_rejected_and_never_runs(tmp_path: Path) -> None:
     # the payload does execute under a plain unpickler (so the check below means something)
     proof = tmp_path / "proof"
-    pickle.loads(pickle.dumps(_Evil(str(proof)))).close()
+    pickle.loads(pickle.dumps(EvilPickle(str(proof)))).close()
     assert proof.exists()
 
     state = _tiny_state()
     for i, save in enumerate(("torch", "pickle")):
         marker = tmp_path / f"pwned_{i}"
         path = tmp_path / f"evil_{i}.pth"
-        payload = {**state, "evil": _Evil(str(marker))}
+        payload = {**state, "evil": EvilPickle(str(marker))}
         if save == "torch":
             torch.save(payload, path)
         else:

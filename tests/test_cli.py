@@ -16,7 +16,7 @@ from click.testing import CliRunner, Result
 from graftwork import backbones as bbs
 from graftwork.cli import main
 
-from tests.conftest import make_image_folder
+from tests.conftest import EvilPickle, make_image_folder
 
 TRAIN_ARGS = ["--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32",
               "--strategy", "extract", "--epochs", "3", "-q"]
@@ -275,21 +275,13 @@ def test_error_missing_paths(trained: tuple[Path, Path], tmp_path: Path) -> None
     assert_friendly_error(graft("predict", run, missing / "x.png"), "does not exist")
 
 
-class _Evil:
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[object, ...]:
-        return (open, (self.marker, "w"))
-
-
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_error_weights_file_bad_or_missing(tiny_data: Path, tmp_path: Path) -> None:
     import torch
 
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    torch.save({"w": torch.zeros(1), "x": _Evil(str(marker))}, evil)
+    torch.save({"w": torch.zeros(1), "x": EvilPickle(str(marker))}, evil)
     args = ["--backbone", "test_efficientnet", "--image-size", "32", "--out", tmp_path / "r", "-q"]
     assert_friendly_error(graft("train", tiny_data, *args, "--weights", evil), "evil.pth",
                           "safetensors")

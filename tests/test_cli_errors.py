@@ -12,7 +12,7 @@ from PIL import Image
 
 from graftwork import ImageClassifier
 from graftwork.cli import main
-from tests.conftest import TINY, make_image_folder
+from tests.conftest import TINY, EvilPickle, make_image_folder
 
 TRAIN_TINY = ["--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32",
               "--workers", "0", "-q", "--no-report", "--epochs", "1"]
@@ -115,11 +115,7 @@ def test_baseline_on_a_bad_folder(tmp_path: Path, case: str) -> None:
 def test_train_with_a_weights_file_holding_pickled_code(tiny_data: Path, tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
 
-    class Evil:
-        def __reduce__(self) -> tuple[object, ...]:
-            return (open, (str(marker), "w"))
-
-    torch.save({"w": Evil()}, tmp_path / "evil.pth")
+    torch.save({"w": EvilPickle(marker)}, tmp_path / "evil.pth")
     args = [a for a in TRAIN_TINY if a != "random"]
     args[args.index("--weights") + 1:args.index("--weights") + 1] = [str(tmp_path / "evil.pth")]
     result = CliRunner().invoke(main, ["train", str(tiny_data), "--out", str(tmp_path / "run"),

@@ -15,7 +15,7 @@ import graftwork.training as training
 from graftwork import ImageClassifier
 from graftwork.cli import main
 from graftwork.errors import BadImageError, ModelFileError
-from tests.conftest import TINY, make_image_folder
+from tests.conftest import TINY, EvilPickle, make_image_folder
 from tests.test_data import bad_files, odd_good_files
 
 CLI_TINY = ["--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32",
@@ -119,18 +119,8 @@ def test_non_images_are_not_errors_in_strict_mode(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------ safe loading
-class _Evil:
-    """Unpickling this creates a file: proof that pickled code ran."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (open, (str(self.marker), "w"))
-
-
 def _evil_file(path: Path, marker: Path) -> Path:
-    torch.save({"conv.weight": torch.zeros(1), "payload": _Evil(marker)}, path)
+    torch.save({"conv.weight": torch.zeros(1), "payload": EvilPickle(marker)}, path)
     return path
 
 
