@@ -137,7 +137,8 @@ def _unfreeze_value(value: str) -> int | str:
 @click.option("--patience", type=int, default=None, help="Early-stopping patience (epochs).")
 @click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
 @click.option("--hidden", type=int, default=256, show_default=True)
-@click.option("--dropout", type=float, default=0.5, show_default=True)
+@click.option("--dropout", type=float, default=None,
+              help="Head dropout (default: 0.5 for mlp, none for linear).")
 @click.option("--unfreeze", default="1", show_default=True, help="Last N blocks, or 'all'.")
 @click.option("--lr-decay", type=float, default=0.5, show_default=True,
               help="Learning-rate factor per block further from the head.")

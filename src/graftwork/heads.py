@@ -3,14 +3,21 @@ from __future__ import annotations
 
 from torch import nn
 
-__all__ = ["HEADS", "build_head"]
+__all__ = ["HEADS", "DEFAULT_DROPOUT", "build_head"]
 
 HEADS = ("mlp", "linear")
+DEFAULT_DROPOUT = {"mlp": 0.5, "linear": 0.0}
 
 
 def build_head(kind: str, in_dim: int, num_classes: int, hidden: int = 256,
-               dropout: float = 0.5) -> nn.Sequential:
-    """``mlp``: the classic Dense(hidden, relu) + Dropout + Dense(classes); ``linear``: a probe."""
+               dropout: float | None = None) -> nn.Sequential:
+    """``mlp``: the classic Dense(hidden, relu) + Dropout + Dense(classes); ``linear``: a probe.
+
+    ``dropout=None`` takes the head's default (``DEFAULT_DROPOUT``): the linear probe has none,
+    as dropout on its wide input costs more than the rest of its training and does not help.
+    """
+    if dropout is None:
+        dropout = DEFAULT_DROPOUT.get(kind, 0.0)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
                              nn.Dropout(dropout), nn.Linear(hidden, num_classes))

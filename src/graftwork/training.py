@@ -35,6 +35,7 @@ class TrainConfig:
     schedule: str = "none"
     patience: int = 5
     seed: int = 0
+    batch_size: int = 32
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
