@@ -22,7 +22,7 @@ from graftwork.errors import BackboneNotFoundError
 
 __all__ = [
     "Backbone", "BackboneSpec", "WeightsInfo", "create_backbone", "get_spec",
-    "list_backbones", "register_backbone",
+    "is_registered", "list_backbones", "register_backbone",
 ]
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,11 @@ def get_spec(name: str) -> BackboneSpec:
     if name in _REGISTRY:
         return _REGISTRY[name][0]
     return _timm_spec(name)
+
+
+def is_registered(name: str) -> bool:
+    """Whether ``name`` is in the registry (any timm name works too, see ``get_spec``)."""
+    return name in _REGISTRY
 
 
 def list_backbones() -> list[BackboneSpec]:

@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from graftwork._prepared import PreparedBackbone
 from graftwork.backbones import Backbone
 from graftwork.data import ImageDataset, Sample, Skipped, collate_skip
 from graftwork.errors import BadImageError
@@ -107,7 +108,8 @@ def _checksum(features: torch.Tensor, digests: torch.Tensor) -> str:
 class FeatureCache:
     """The shards of one (backbone, weights, preprocessing) combination."""
 
-    def __init__(self, root: str | Path, backbone: Backbone, preprocessing: dict[str, Any]) -> None:
+    def __init__(self, root: str | Path, backbone: Backbone | PreparedBackbone,
+                 preprocessing: dict[str, Any]) -> None:
         key = json.dumps({"backbone": backbone.spec.name, "arch": backbone.spec.arch,
                           "weights": backbone.weights.digest, "pre": preprocessing},
                          sort_keys=True)
@@ -217,7 +219,8 @@ def _hash_all(samples: Sequence[Sample]) -> list[bytes | None]:
                 for d in part]
 
 
-def extract_features(backbone: Backbone, samples: Sequence[Sample], preprocessing: dict[str, Any],
+def extract_features(backbone: Backbone | PreparedBackbone, samples: Sequence[Sample],
+                     preprocessing: dict[str, Any],
                      cache_root: str | Path | None = None, *, batch_size: int = 64,
                      num_workers: int | None = None, progress: bool = True, strict: bool = False,
                      materialize: bool = True, desc: str = "extract",
@@ -241,6 +244,8 @@ def extract_features(backbone: Backbone, samples: Sequence[Sample], preprocessin
         if d is not None and d not in index:
             first.setdefault(d, i)
     todo = list(first.values())
+    if todo and isinstance(backbone, PreparedBackbone):
+        backbone = backbone.module()  # only now is the network needed
     bad, used = _run_extraction(backbone, cache, [samples[i] for i in todo],
                                 [digests[i] for i in todo], preprocessing, batch_size,
                                 num_workers, progress, desc, engine)

@@ -1,0 +1,153 @@
+"""Prepared backbones: a pretrained backbone's weights and facts, stored once per weights source.
+
+A re-run whose features all come from the cache never runs the backbone. It still needs the
+backbone's identity (weights digest, for the cache key), its facts (spec, feature size, counts)
+and its weights (the saved model holds them). A :class:`PreparedBackbone` gives all of that
+from one safetensors file without building the network, so such a run never imports timm or
+torchvision (~2 s of a ~4 s run); :meth:`PreparedBackbone.module` builds it when it is needed.
+
+Records live in ``CACHE/backbones/<key>.safetensors``, keyed by the backbone name, the weights
+file (path, size, mtime) and the timm and graftwork versions. Hub and random weights are not
+recorded (nothing cheap identifies them).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import logging
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from graftwork import _weights
+from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone,
+                                 is_registered)
+from graftwork.model import freeze_backbone, parameter_counts
+
+__all__ = ["PreparedBackbone", "load_prepared", "store_prepared"]
+
+log = logging.getLogger(__name__)
+_FORMAT = 1
+
+
+def _version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
+def _source_key(name: str, weights: str | None) -> str | None:
+    """A key that changes whenever the weights would: None where nothing cheap says so."""
+    if weights == "random" or not is_registered(name):
+        return None
+    from graftwork.backbones import get_spec
+
+    if weights:
+        path: Path | None = Path(weights).resolve()
+    else:
+        package = get_spec(name).package
+        path = _weights.package_weights_file(package) if package else None
+    if path is None:  # the hub: only timm knows what it would fetch
+        return None
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    facts = {"format": _FORMAT, "name": name, "weights": str(path), "size": st.st_size,
+             "mtime_ns": st.st_mtime_ns, "timm": _version("timm"),
+             "graftwork": _version("graftwork")}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _path(root: str | Path, key: str) -> Path:
+    return Path(root) / "backbones" / f"{key}.safetensors"
+
+
+class PreparedBackbone:
+    """A backbone known by its stored weights and facts; the network is built on demand."""
+
+    def __init__(self, path: Path, spec: BackboneSpec, weights: WeightsInfo, feature_dim: int,
+                 counts: dict[str, int], trunk_state: dict[str, torch.Tensor]) -> None:
+        self.path = path
+        self.spec = spec
+        self.weights = weights
+        self.feature_dim = feature_dim
+        self.counts = counts  # parameter_counts() of the frozen backbone
+        self._trunk_state = trunk_state
+        self._module: Backbone | None = None
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's state dict, keys as in ``Backbone.state_dict()``."""
+        return {f"trunk.{k}": v for k, v in self._trunk_state.items()}
+
+    def module(self) -> Backbone:
+        """The network with these weights, frozen (built once)."""
+        if self._module is None:
+            backbone = create_backbone(self.spec.name, pretrained=False)
+            backbone.load_state_dict(self.state_dict())
+            backbone.weights = self.weights
+            freeze_backbone(backbone, 0)
+            self._module = backbone
+        return self._module
+
+
+def load_prepared(root: str | Path, name: str, weights: str | None) -> PreparedBackbone | None:
+    """The stored record for these weights, or None (not stored, stale, or unreadable)."""
+    key = _source_key(name, weights)
+    if key is None:
+        return None
+    path = _path(root, key)
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), "pt") as fh:
+            meta = json.loads((fh.metadata() or {})["graftwork"])
+        spec = BackboneSpec(**{k: (tuple(tuple(b) for b in v) if k == "blocks" else
+                                   tuple(v) if isinstance(v, list) else v)
+                               for k, v in meta["spec"].items()})
+        info = WeightsInfo(**{k: (tuple(v) if k == "tried" else v)
+                              for k, v in meta["weights"].items()})
+        trunk = load_file(str(path))
+        if _weights.state_digest(trunk) != info.digest:  # ~10 ms per 10 MB
+            raise ValueError("weights do not match their digest")
+        return PreparedBackbone(path, spec, info, int(meta["feature_dim"]), meta["counts"], trunk)
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
+        log.warning("prepared backbone %s is unreadable (%s): deleting it", path.name, exc)
+        path.unlink(missing_ok=True)
+        return None
+
+
+def store_prepared(root: str | Path, name: str, weights: str | None, backbone: Backbone) -> None:
+    """Record ``backbone`` (as loaded from its weights source) for later runs; best effort."""
+    key = _source_key(name, weights)
+    if key is None or _path(root, key).is_file():
+        return
+    path = _path(root, key)
+    frozen = [p.requires_grad for p in backbone.parameters()]
+    freeze_backbone(backbone, 0)
+    counts = parameter_counts(backbone)
+    for p, flag in zip(backbone.parameters(), frozen):
+        p.requires_grad = flag
+    meta: dict[str, Any] = {"spec": asdict(backbone.spec), "weights": asdict(backbone.weights),
+                            "feature_dim": backbone.feature_dim, "counts": counts}
+    state = {k: v.detach().contiguous() for k, v in backbone.trunk.state_dict().items()}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        os.close(fd)
+        try:
+            save_file(state, tmp, metadata={"graftwork": json.dumps(meta)})
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except (OSError, RuntimeError, SafetensorError) as exc:  # e.g. a read-only cache, tied weights
+        log.warning("could not store prepared backbone in %s: %s", path.parent, exc)
