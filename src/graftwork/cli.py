@@ -337,7 +337,7 @@ def doctor(run: Path, data: Path, batch_size: int, as_json: bool) -> None:
 def recalibrate(run: Path, data: Path, batch_size: int) -> None:
     """Recompute the BN statistics of RUN's model on DATA's training images and save it."""
     from graftwork.bn import recalibrate as recal
-    from graftwork.run import read_json, write_json
+    from graftwork.run import read_json
     from graftwork.training import evaluate
 
     _setup_logging(False, True)

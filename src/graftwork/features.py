@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from graftwork._digests import file_digest, file_digests
 from graftwork._prepared import PreparedBackbone
 from graftwork.backbones import Backbone
 from graftwork.data import ImageDataset, Sample, Skipped, collate_skip
@@ -64,39 +65,7 @@ def default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 1) - 1))
 
 
-def file_digest(path: str) -> bytes | None:
-    """sha256 of a file's bytes, or None if it cannot be read."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    except OSError:
-        return None
-    return h.digest()
-
-
-# Per-process memos: a run asks for the same files' features several times (fit, evaluation,
-# predictions, report). Keys include size and mtime, so an edited file is hashed again.
-_DIGESTS: dict[tuple[str, int, int, int, int], bytes] = {}
-_DIGESTS_MAX = 500_000  # ~150 MB at most; cleared when full
 _VERIFIED: dict[tuple[str, int, int], bytes] = {}  # verified shard -> its row digests
-
-
-def _memo_digest(path: str) -> bytes | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    key = (path, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    digest = _DIGESTS.get(key)
-    if digest is None:
-        digest = file_digest(path)
-        if digest is not None:
-            if len(_DIGESTS) >= _DIGESTS_MAX:
-                _DIGESTS.clear()
-            _DIGESTS[key] = digest
-    return digest
 
 
 def _checksum(features: torch.Tensor, digests: torch.Tensor) -> str:
@@ -207,18 +176,6 @@ class ExtractResult:
     engine: str = ""  # "onnx" or "torch": what ran the backbone ("" when nothing was extracted)
 
 
-def _hash_all(samples: Sequence[Sample]) -> list[bytes | None]:
-    """Content digests of the samples' files (threads: reading and sha256 release the GIL)."""
-    paths = [s.path for s in samples]
-    step = max(256, -(-len(paths) // 16))  # a few large tasks: a future per file costs more
-    parts = [paths[i:i + step] for i in range(0, len(paths), step)]
-    if len(parts) < 2:
-        return [_memo_digest(p) for p in paths]
-    with ThreadPoolExecutor(max_workers=min(4, len(parts))) as pool:
-        return [d for part in pool.map(lambda ps: [_memo_digest(p) for p in ps], parts)
-                for d in part]
-
-
 def extract_features(backbone: Backbone | PreparedBackbone, samples: Sequence[Sample],
                      preprocessing: dict[str, Any],
                      cache_root: str | Path | None = None, *, batch_size: int = 64,
@@ -233,8 +190,9 @@ def extract_features(backbone: Backbone | PreparedBackbone, samples: Sequence[Sa
     torch otherwise; ``"onnx"`` or ``"torch"`` pick one. Features agree within ~1e-5.
     """
     start = time.perf_counter()
-    cache = FeatureCache(cache_root or default_cache_dir(), backbone, preprocessing)
-    digests = _hash_all(samples)
+    root = Path(cache_root or default_cache_dir())
+    cache = FeatureCache(root, backbone, preprocessing)
+    digests = file_digests([s.path for s in samples], root)
     skipped = [Skipped(s.path, "cannot read file") for s, d in zip(samples, digests) if d is None]
     if skipped and strict:
         raise BadImageError(f"{skipped[0].path}: {skipped[0].reason}", "fix or remove the file")
@@ -253,7 +211,8 @@ def extract_features(backbone: Backbone | PreparedBackbone, samples: Sequence[Sa
         raise BadImageError(f"{bad[0].path}: {bad[0].reason}",
                             "fix or remove the file, or run without --strict")
     skipped += bad
-    ok = torch.tensor([d is not None and d in cache.index() for d in digests], dtype=torch.bool)
+    index = cache.index()
+    ok = torch.tensor([d is not None and d in index for d in digests], dtype=torch.bool)
     features = None
     if materialize:
         features = torch.zeros(len(samples), backbone.feature_dim)

@@ -1,0 +1,119 @@
+"""Content digests of image files: the feature cache's row keys.
+
+Hashing every file costs a read of the whole dataset, so digests are remembered: in this process
+and in ``CACHE/file-digests.json``, keyed by path, device, inode, size and modification time
+(as git's index does). A file changed since is hashed again. Files modified within the last few
+seconds are not remembered across runs: a later change in the same clock tick could keep size
+and mtime (git's "racy" case).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+__all__ = ["file_digest", "file_digests"]
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "file-digests.json"
+_RACY_S = 3.0
+_MEMO_MAX = 500_000  # ~150 MB at most; cleared when full
+_Key = tuple[int, int, int, int]  # device, inode, size, mtime_ns
+_MEMO: dict[str, tuple[_Key, bytes]] = {}
+_INDEXES: dict[str, dict[str, list]] = {}  # cache root -> its index as loaded/updated
+
+
+def file_digest(path: str) -> bytes | None:
+    """sha256 of a file's bytes, or None if it cannot be read."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.digest()
+
+
+def _load_index(root: Path) -> dict[str, list]:
+    key = str(root)
+    if key not in _INDEXES:
+        try:
+            data = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
+            _INDEXES[key] = data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            _INDEXES[key] = {}
+    return _INDEXES[key]
+
+
+def _save_index(root: Path, index: dict[str, list]) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(index, fh, separators=(",", ":"))
+        os.replace(tmp, root / INDEX_FILE)
+    except OSError as exc:  # a read-only cache only costs re-hashing next time
+        log.debug("file digests not saved in %s: %s", root, exc)
+        if "tmp" in locals() and os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _digest(path: str, index: dict[str, list] | None, now: float) -> tuple[bytes | None, bool]:
+    """(digest, whether ``index`` gained an entry)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None, False
+    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    hit = _MEMO.get(path)
+    if hit is not None and hit[0] == key:
+        digest: bytes | None = hit[1]
+    else:
+        row = index.get(path) if index is not None else None
+        if isinstance(row, list) and len(row) == 5 and tuple(row[:4]) == key:
+            digest = bytes.fromhex(row[4])
+        else:
+            digest = file_digest(path)
+        if digest is not None:
+            if len(_MEMO) >= _MEMO_MAX:
+                _MEMO.clear()
+            _MEMO[path] = (key, digest)
+    if digest is None or index is None or now - st.st_mtime < _RACY_S:
+        return digest, False
+    row = index.get(path)
+    if isinstance(row, list) and len(row) == 5 and tuple(row[:4]) == key:
+        return digest, False
+    index[path] = [*key, digest.hex()]
+    return digest, True
+
+
+def file_digests(paths: Sequence[str], cache_root: str | Path | None = None) -> list[bytes | None]:
+    """Digests of ``paths`` (None where unreadable), remembered under ``cache_root``.
+
+    Threads hash in parallel: reading and sha256 release the GIL.
+    """
+    root = Path(cache_root) if cache_root is not None else None
+    index = _load_index(root) if root is not None else None
+    now = time.time()
+
+    def run(part: Sequence[str]) -> list[tuple[bytes | None, bool]]:
+        return [_digest(p, index, now) for p in part]
+
+    step = max(256, -(-len(paths) // 16))  # a few large tasks: a future per file costs more
+    parts = [paths[i:i + step] for i in range(0, len(paths), step)]
+    if len(parts) < 2:
+        results = run(paths)
+    else:
+        with ThreadPoolExecutor(max_workers=min(4, len(parts))) as pool:
+            results = [r for part in pool.map(run, parts) for r in part]
+    if root is not None and index is not None and any(added for _, added in results):
+        _save_index(root, index)
+    return [d for d, _ in results]
