@@ -8,6 +8,7 @@ import math
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from PIL import Image
 
 from graftwork import report
 from graftwork.errors import RunDirError
+from graftwork.report import _canvas
 
 CLASSES = ["cat", "dog", "<b>x</b>"]
 
@@ -125,7 +127,7 @@ def make_run(root: Path, name: str = "run1", *, created: str = "2024-05-01T10:00
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A full run with its report already built (shared: building takes ~1 s)."""
+    """A full run with its report already built (shared by the tests that only read it)."""
     run = make_run(tmp_path_factory.mktemp("runs"))
     out = report.build_report(run)
     return run, out.read_text(encoding="utf-8")
@@ -261,6 +263,36 @@ def test_plot_confusion_ten_classes(tmp_path: Path) -> None:
         assert min(img.size) > 500
 
 
+def test_plot_confusion_many_classes_grows(tmp_path: Path) -> None:
+    small = report.plot_confusion(["a", "b"], ["a", "a"], ["a", "b"], tmp_path / "small.png")
+    names = [f"c{i}" for i in range(40)]
+    big = report.plot_confusion(names, names[1:] + names[:1], names, tmp_path / "big.png")
+    with Image.open(small) as s_img, Image.open(big) as b_img:
+        assert b_img.size[0] > s_img.size[0] and b_img.size[1] > s_img.size[1]
+        # a full row of the darkest colour: every class was predicted as another one
+        assert _canvas.blues(1.0) in {rgb for _, rgb in b_img.convert("RGB").getcolors(1 << 20)}
+
+
+def test_plot_top_losses_shows_the_images(tmp_path: Path) -> None:
+    colours = [(200, 30, 30), (30, 160, 40)]
+    rows = []
+    for i, colour in enumerate(colours):
+        path = tmp_path / f"img{i}.jpg"
+        Image.new("RGB", (400, 300), colour).save(path, quality=95)
+        rows.append({"path": str(path), "label": "a" * 40, "pred": "b", "prob": 0.9 - i / 10,
+                     "loss": 1.0})
+    out = report.plot_top_losses(rows, tmp_path)
+    assert out is not None
+    with Image.open(out) as img:
+        pixels = img.convert("RGB")
+        width = pixels.size[0]
+        found = {rgb for _, rgb in pixels.getcolors(1 << 20)}
+    assert width > 400
+    for colour in colours:  # each image is in the grid, scaled but not recoloured
+        assert any(max(abs(a - b) for a, b in zip(rgb, colour, strict=True)) <= 3
+                   for rgb in found), colour
+
+
 # --------------------------------------------------------------------------- history and curves
 
 def test_read_history_and_curves(tmp_path: Path) -> None:
@@ -276,6 +308,28 @@ def test_read_history_and_curves(tmp_path: Path) -> None:
         with Image.open(path) as img:
             assert img.format == "PNG"
     assert report.plot_curves([], tmp_path / "empty") == []
+
+
+def test_curves_draw_both_series(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    accuracy, _ = report.plot_curves(report.read_history(run), tmp_path / "plots")
+    with Image.open(accuracy) as img:
+        assert img.size == (768, 504)
+        counts = {rgb: n for n, rgb in img.convert("RGB").getcolors(1 << 20)}
+    for colour in ("#1f77b4", "#ff7f0e"):  # the smoothed train and validation lines
+        assert counts.get(_canvas.rgb(colour), 0) > 200, colour
+
+
+def test_nice_ticks_and_labels() -> None:
+    assert _canvas.nice_ticks(0.05, 1.05, 8) == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
+    assert _canvas.nice_ticks(0.5, 23.5, 11, integer=True) == [2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                               20, 22]
+    assert _canvas.nice_ticks(1, 1, 5) == []
+    assert _canvas.tick_labels([0.2, 0.4]) == ["0.2", "0.4"]
+    assert _canvas.tick_labels([-0.25, 0.0, 0.25]) == ["-0.25", "0.00", "0.25"]
+    assert _canvas.tick_labels([5.0, 10.0]) == ["5", "10"]
+    assert _canvas.blues(0.0) == (247, 251, 255) and _canvas.blues(1.0) == (8, 48, 107)
+    assert _canvas.blues(math.nan) == _canvas.blues(0.0)
 
 
 def test_curves_without_validation_column(tmp_path: Path) -> None:
@@ -300,6 +354,18 @@ def test_build_report_writes_html_and_plots(built: tuple[Path, str]) -> None:
     assert "resnet18" in page and "mystery_key" in page
     assert "BN statistics mismatch" in page and "use --bn recalibrate" in page
     assert "11,178,051" in page  # trainable params of the finetune phase
+
+
+def test_build_report_does_not_import_matplotlib(tmp_path: Path) -> None:
+    """A report is written after every `graft train`: importing matplotlib alone would take
+    longer than drawing every plot with Pillow does."""
+    run = make_run(tmp_path)
+    code = ("import sys; from graftwork.report import build_report; build_report(sys.argv[1]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('matplotlib', 'torch')))")
+    proc = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert proc.stdout.strip() == "[]"
+    assert (run / "report.html").is_file()
 
 
 def test_report_ladder_table(built: tuple[Path, str]) -> None:

@@ -4,14 +4,16 @@ Everything here reads the files a training run leaves in its directory (``config
 ``metrics.json``, ``history.csv``, ``predictions_test.csv``, ``summary.txt``); it never imports
 torch, so reporting, listing and comparing runs stay fast and work on any machine.
 
-Plots are drawn on :class:`matplotlib.figure.Figure` objects directly (no pyplot, no global
-state) and embedded into ``report.html`` as base64 data URIs, so the page can be moved or
-mailed on its own: no JavaScript, no external URLs.
+Plots are drawn with Pillow (no matplotlib: importing it alone took longer than drawing every
+plot now does, and a report is written at the end of every ``graft train``) and embedded into
+``report.html`` as base64 data URIs, so the page can be moved or mailed on its own: no
+JavaScript, no external URLs.
 
 The code lives in private modules: ``_run`` (reading a run directory), ``_plots`` (curves,
-confusion matrix, top losses), ``_metrics`` (scoring the test predictions), ``_html`` (the
-report page), ``_tables`` (listing and comparing runs) and ``_format`` (number parsing and
-plain-text formatting shared by the others).
+confusion matrix, top losses), ``_canvas`` (the small drawing layer under the plots),
+``_metrics`` (scoring the test predictions), ``_html`` (the report page), ``_tables`` (listing
+and comparing runs) and ``_format`` (number parsing and plain-text formatting shared by the
+others).
 """
 from __future__ import annotations
 

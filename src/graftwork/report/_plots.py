@@ -1,27 +1,35 @@
 """Plots drawn from a run's files: training curves, the confusion matrix, top losses.
 
-Figures are :class:`matplotlib.figure.Figure` objects drawn directly (no pyplot, no global
-state) and saved as PNG files.
+Plots are drawn with Pillow on a small supersampled canvas (:mod:`._canvas`) and saved as PNG
+files: no matplotlib, whose import alone took longer than drawing every plot now does.
 """
 from __future__ import annotations
 
 import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
+from graftwork.report._canvas import (Canvas, blues, fit_text, nice_ticks, rgb, text_height,
+                                      text_width, tick_labels)
 from graftwork.report._format import descending, to_float
 
 log = logging.getLogger(__name__)
 
 TRAIN_COLOUR = "#1f77b4"
 VAL_COLOUR = "#ff7f0e"
+GRID_COLOUR = "#e6e6e6"
+PHASE_COLOUR = "#555555"
+MUTED_TEXT = "#333333"
+
+PAD = 10  # blank border around every plot, in pixels
+TICK = 6  # tick mark length
+FRAME = 1.3  # axes frame and tick width
 
 
 # --------------------------------------------------------------------------- curves
@@ -62,56 +70,190 @@ def phase_segments(history: Sequence[Mapping[str, Any]]) -> list[tuple[str, int,
     return segments
 
 
-def _plot_series(ax: Any, history: Sequence[Mapping[str, Any]], key: str, label: str,
-                 colour: str, smoothing: float) -> bool:
-    """Draw raw points and a per-phase smoothed line; False when the series is all missing."""
-    values = [to_float(row.get(key)) for row in history]
-    if not any(math.isfinite(v) for v in values):
-        return False
-    x = np.arange(1, len(values) + 1)
-    ax.plot(x, values, linestyle="none", marker="o", markersize=3.5, alpha=0.35, color=colour)
-    ax.plot([], [], color=colour, linewidth=2, label=label)  # legend entry: a plain line
-    for _, start, stop in phase_segments(history):
-        ax.plot(x[start:stop], smooth(values[start:stop], smoothing), color=colour,
-                linewidth=2, marker="o" if stop - start == 1 else None, markersize=5)
-    return True
+CURVE_SIZE = (768, 504)
 
 
-def _mark_phases(ax: Any, history: Sequence[Mapping[str, Any]]) -> bool:
-    """Dashed vertical lines between phases and each phase's name along the top.
+@dataclass
+class _Series:
+    """One curve: raw values and, per phase segment, its start index and smoothed values."""
 
-    Names are staggered on two levels when a phase is too short for its label; returns
-    whether they were.
-    """
+    label: str
+    colour: str
+    raw: list[float]
+    smoothed: list[tuple[int, list[float]]]
+
+
+def _curve_series(history: Sequence[Mapping[str, Any]], metric: str,
+                  smoothing: float) -> list[_Series]:
+    """Train and validation series of ``metric`` (a series that is all missing is left out)."""
+    segments = phase_segments(history)
+    series = []
+    for key, label, colour in ((metric, "train", TRAIN_COLOUR),
+                               (f"val_{metric}", "validation", VAL_COLOUR)):
+        values = [to_float(row.get(key)) for row in history]
+        if any(math.isfinite(v) for v in values):
+            series.append(_Series(label, colour, values,
+                                  [(start, smooth(values[start:stop], smoothing))
+                                   for _, start, stop in segments]))
+    return series
+
+
+def _finite_runs(points: Iterable[tuple[float, float]]) -> list[list[tuple[float, float]]]:
+    """Consecutive points with a finite y, split where y is missing (lines break there)."""
+    runs: list[list[tuple[float, float]]] = [[]]
+    for x, y in points:
+        if math.isfinite(y):
+            runs[-1].append((x, y))
+        elif runs[-1]:
+            runs.append([])
+    return [run for run in runs if run]
+
+
+@dataclass
+class _Axes:
+    """The plot rectangle in pixels and the data limits it shows."""
+
+    left: float
+    top: float
+    right: float
+    bottom: float
+    xlim: tuple[float, float]
+    ylim: tuple[float, float]
+
+    def x(self, value: float) -> float:
+        lo, hi = self.xlim
+        return self.left + (value - lo) / (hi - lo) * (self.right - self.left)
+
+    def y(self, value: float) -> float:
+        lo, hi = self.ylim
+        return self.bottom - (value - lo) / (hi - lo) * (self.bottom - self.top)
+
+
+def _value_range(series: Sequence[_Series]) -> tuple[float, float]:
+    """Data limits with matplotlib's 5% margins; ``(0, 1)`` without data."""
+    values = [v for s in series for v in s.raw if math.isfinite(v)]
+    values += [v for s in series for _, line in s.smoothed for v in line if math.isfinite(v)]
+    if not values:
+        return 0.0, 1.0
+    lo, hi = min(values), max(values)
+    if hi - lo < 1e-12 * max(1.0, abs(hi)):
+        spread = abs(hi) * 0.05 or 0.5
+        return lo - spread, hi + spread
+    margin = 0.05 * (hi - lo)
+    return lo - margin, hi + margin
+
+
+def _legend(canvas: Canvas, axes: _Axes, series: Sequence[_Series], size: int) -> None:
+    """A frameless legend (a line and a name per series) in the corner with least data."""
+    if not series:
+        return
+    handle, gap, row = 34.0, 10.0, text_height(size) * 1.35
+    width = handle + gap + max(text_width(s.label, size) for s in series)
+    height = row * len(series)
+    inset = 10.0
+    left, right = axes.left + inset, axes.right - inset - width
+    top, bottom = axes.top + inset, axes.bottom - inset - height
+    mid_x, mid_y = (axes.left + axes.right - width) / 2, (axes.top + axes.bottom - height) / 2
+    # matplotlib's order for loc="best"
+    corners = [(right, top), (left, top), (left, bottom), (right, bottom), (right, mid_y),
+               (left, mid_y), (mid_x, bottom), (mid_x, top), (mid_x, mid_y)]
+    points = [(axes.x(i + 1), axes.y(v)) for s in series for i, v in enumerate(s.raw)
+              if math.isfinite(v)]
+    for s in series:
+        for start, line in s.smoothed:
+            for run in _finite_runs((start + i + 1, v) for i, v in enumerate(line)):
+                pixels = [(axes.x(x), axes.y(y)) for x, y in run]
+                for (x0, y0), (x1, y1) in zip(pixels, pixels[1:]):
+                    points += [(x0 + (x1 - x0) * t / 8, y0 + (y1 - y0) * t / 8) for t in range(8)]
+                points += pixels[-1:]
+
+    def overlap(corner: tuple[float, float]) -> int:
+        x0, y0 = corner
+        return sum(x0 - 4 <= x <= x0 + width + 4 and y0 - 4 <= y <= y0 + height + 4
+                   for x, y in points)
+
+    x0, y0 = min(corners, key=overlap)
+    for n, s in enumerate(series):
+        y = y0 + row * (n + 0.5)
+        canvas.line([(x0, y), (x0 + handle, y)], s.colour, width=3.3)
+        canvas.text(x0 + handle + gap, y, s.label, size, ha="left", va="middle")
+
+
+CURVE_FONTS = {"title": 20, "label": 18, "tick": 16, "phase": 16}
+
+
+def _curve_axes(n: int, series: Sequence[_Series], stagger: bool) -> tuple[_Axes, list[float],
+                                                                           list[float]]:
+    """The plot rectangle for ``n`` epochs, its limits, and the x and y tick values."""
+    width, height = CURVE_SIZE
+    fonts = CURVE_FONTS
+    ylim = _value_range(series)
+    levels = 2 if stagger else 1
+    top = PAD + text_height(fonts["title"]) + 8 + levels * (text_height(fonts["phase"]) + 2)
+    bottom = height - PAD - text_height(fonts["label"]) - 6 - text_height(fonts["tick"]) - 3 - TICK
+    yticks = nice_ticks(*ylim, max_ticks=max(3, int(bottom - top) // 55))
+    widest = max((text_width(t, fonts["tick"]) for t in tick_labels(yticks)), default=0.0)
+    left = PAD + text_height(fonts["label"]) + 8 + widest + 5 + TICK
+    right = width - PAD - 8
+    xticks = nice_ticks(1, n, max_ticks=max(2, int(right - left) // 60), integer=True) or [1.0]
+    return _Axes(left, top, right, bottom, (0.5, n + 0.5), ylim), xticks, yticks
+
+
+def _draw_curves(history: Sequence[Mapping[str, Any]], metric: str, smoothing: float) -> Canvas:
+    """One metric's plot: raw dots, smoothed lines per phase, phase boundaries and names."""
+    fonts = CURVE_FONTS
     segments = phase_segments(history)
     shortest = min(stop - start for _, start, stop in segments)
     stagger = len(segments) > 1 and shortest < 0.15 * len(history)
-    for n, (phase, start, stop) in enumerate(segments):
-        if n > 0:
-            ax.axvline(start + 0.5, color="#555555", linestyle="--", linewidth=1)
-        y = 1.01 + (0.065 if stagger and n % 2 else 0.0)
-        ax.text((start + stop + 1) / 2, y, phase or "?", transform=ax.get_xaxis_transform(),
-                ha="center", va="bottom", fontsize=9.5, color="#333333", parse_math=False)
-    return stagger
+    series = _curve_series(history, metric, smoothing)
+    axes, xticks, yticks = _curve_axes(len(history), series, stagger)
+    left, top, right, bottom = axes.left, axes.top, axes.right, axes.bottom
+
+    canvas = Canvas(*CURVE_SIZE)
+    for value in xticks:
+        canvas.line([(axes.x(value), top), (axes.x(value), bottom)], GRID_COLOUR, 1.3)
+    for value in yticks:
+        canvas.line([(left, axes.y(value)), (right, axes.y(value))], GRID_COLOUR, 1.3)
+    for _, start, _ in segments[1:]:
+        x = axes.x(start + 0.5)
+        canvas.line([(x, top), (x, bottom)], PHASE_COLOUR, 1.6, dash=(6.0, 3.0))
+    for s in series:
+        for i, value in enumerate(s.raw):
+            if math.isfinite(value):
+                canvas.dot(axes.x(i + 1), axes.y(value), 7.0, rgb(s.colour, 0.4))
+        for start, line in s.smoothed:
+            for run in _finite_runs((start + i + 1, v) for i, v in enumerate(line)):
+                pixels = [(axes.x(x), axes.y(y)) for x, y in run]
+                if len(line) == 1:  # a one-epoch phase: a marker, not an invisible line
+                    canvas.dot(*pixels[0], 8.5, s.colour)
+                canvas.line(pixels, s.colour, 3.3)
+    _frame(canvas, left, top, right, bottom)
+
+    for value, label in zip(xticks, tick_labels(xticks), strict=True):
+        canvas.line([(axes.x(value), bottom), (axes.x(value), bottom + TICK)], "black", FRAME)
+        canvas.text(axes.x(value), bottom + TICK + 3, label, fonts["tick"], ha="center", va="top")
+    for value, label in zip(yticks, tick_labels(yticks), strict=True):
+        canvas.line([(left - TICK, axes.y(value)), (left, axes.y(value))], "black", FRAME)
+        canvas.text(left - TICK - 4, axes.y(value), label, fonts["tick"], ha="right",
+                    va="middle")
+    for level, (phase, start, stop) in enumerate(segments):
+        y = top - 3 - (text_height(fonts["phase"]) + 2 if stagger and level % 2 else 0)
+        canvas.text(axes.x((start + stop + 1) / 2), y, phase or "?", fonts["phase"], MUTED_TEXT,
+                    ha="center", va="bottom")
+    _legend(canvas, axes, series, fonts["tick"])
+    canvas.text((left + right) / 2, PAD, f"{metric} (dots: raw, lines: smoothed {smoothing:g})",
+                fonts["title"], ha="center", va="top")
+    canvas.text((left + right) / 2, CURVE_SIZE[1] - PAD, "epoch (all phases, in training order)",
+                fonts["label"], ha="center", va="bottom")
+    canvas.text(PAD, (top + bottom) / 2, metric, fonts["label"], ha="center", va="top", angle=90)
+    return canvas
 
 
-def _curve_figure(history: Sequence[Mapping[str, Any]], metric: str, smoothing: float) -> Figure:
-    fig = Figure(figsize=(6.4, 4.2), dpi=120, layout="constrained")
-    ax = fig.add_subplot()
-    drawn = [_plot_series(ax, history, metric, "train", TRAIN_COLOUR, smoothing),
-             _plot_series(ax, history, f"val_{metric}", "validation", VAL_COLOUR, smoothing)]
-    staggered = _mark_phases(ax, history)
-    ax.set_xlim(0.5, len(history) + 0.5)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.tick_params(labelsize=10)
-    ax.set_xlabel("epoch (all phases, in training order)", fontsize=11)
-    ax.set_ylabel(metric, fontsize=11)
-    ax.set_title(f"{metric} (dots: raw, lines: smoothed {smoothing:g})",
-                 pad=34 if staggered else 20, fontsize=12)
-    ax.grid(alpha=0.3)
-    if any(drawn):
-        ax.legend(loc="best", frameon=False, fontsize=10)
-    return fig
+def _frame(canvas: Canvas, left: float, top: float, right: float, bottom: float) -> None:
+    """The black axes frame, centred on the plot rectangle's edges."""
+    half = FRAME / 2
+    canvas.rect(left - half, top - half, right + half, bottom + half, outline="black",
+                width=FRAME)
 
 
 def plot_curves(history: Sequence[Mapping[str, Any]], out_dir: str | Path,
@@ -126,12 +268,8 @@ def plot_curves(history: Sequence[Mapping[str, Any]], out_dir: str | Path,
         return []
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for metric in ("accuracy", "loss"):
-        path = out_dir / f"curves_{metric}.png"
-        _curve_figure(history, metric, smoothing).savefig(path)
-        written.append(path)
-    return written
+    return [_draw_curves(history, metric, smoothing).save(out_dir / f"curves_{metric}.png")
+            for metric in ("accuracy", "loss")]
 
 
 # --------------------------------------------------------------------------- confusion matrix and top losses
@@ -179,30 +317,80 @@ def plot_confusion(labels: Sequence[str], preds: Sequence[str], classes: Sequenc
     when it ends in ``.png``): counts in cells, colour = fraction of the true class."""
     matrix = confusion_matrix(labels, preds, classes)
     names = [_short(n) for n in all_classes(labels, preds, classes)]
-    n = len(names)
     row_sums = matrix.sum(axis=1, keepdims=True)
     fraction = np.divide(matrix, row_sums, out=np.zeros(matrix.shape), where=row_sums > 0)
-
-    side = min(max(4.0, 0.42 * n + 2.6), 14.0)
-    fig = Figure(figsize=(side + 1.0, side), dpi=110, layout="constrained")
-    ax = fig.add_subplot()
-    image = ax.imshow(fraction, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(image, ax=ax, shrink=0.7, label="fraction of the true class")
-    fontsize = 10 if n <= 12 else max(5, 10 - (n - 12) // 3)
-    for (i, j), count in np.ndenumerate(matrix):
-        if count:
-            ax.text(j, i, str(count), ha="center", va="center", fontsize=fontsize,
-                    color="white" if fraction[i, j] > 0.55 else "#222222")
-    ticks = np.arange(n)
-    ax.set_xticks(ticks, names, rotation=45, ha="right", rotation_mode="anchor",
-                  fontsize=fontsize, parse_math=False)
-    ax.set_yticks(ticks, names, fontsize=fontsize, parse_math=False)
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(f"Confusion matrix ({int(matrix.sum())} test images)")
     path = _output_file(out, "confusion_matrix.png")
-    fig.savefig(path)
-    return path
+    return _draw_confusion(matrix, fraction, names).save(path)
+
+
+def _draw_confusion(matrix: np.ndarray, fraction: np.ndarray, names: Sequence[str]) -> Canvas:
+    """Cells coloured by ``fraction`` with counts, class names on both axes, a colour bar;
+    cells shrink and the image grows with the number of classes."""
+    n = len(names)
+    cell = max(14, min(100, round(600 / max(n, 1))))
+    count_size = min(15, max(6, round(cell * 0.48)))
+    tick_size = min(15, max(7, round(cell * 0.55)))
+    title_size, label_size = 18, 15
+    grid = n * cell
+    diagonal = math.sqrt(0.5)  # x labels are turned 45 degrees
+    tick_h = text_height(tick_size)
+    widths = [text_width(name, tick_size) for name in names]
+
+    left = PAD + text_height(label_size) + 8 + max(widths, default=0) + 5 + TICK
+    # rotated x labels end at their tick and reach down-left: keep the first ones in the image
+    left = max([left, *(PAD + diagonal * (w + tick_h / 2) - (i + 0.5) * cell
+                        for i, w in enumerate(widths))])
+    top = PAD + text_height(title_size) + 10
+    below = TICK + 2 + diagonal * max((w + tick_h / 2 for w in widths), default=0) + 6
+    height = round(top + grid + below + text_height(label_size) + PAD)
+
+    bar_gap = min(40.0, max(16.0, 0.05 * grid))
+    bar_h = max(0.7 * grid, 120.0)
+    bar_w = max(10.0, bar_h / 20)
+    bar_left, bar_top = left + grid + bar_gap, top + (grid - bar_h) / 2
+    bar_ticks = [i / 5 for i in range(6)]
+    bar_labels = tick_labels(bar_ticks)
+    bar_text_right = bar_left + bar_w + TICK + 4 + max(text_width(t, label_size)
+                                                        for t in bar_labels)
+    width = round(bar_text_right + 10 + text_height(label_size) + PAD)
+
+    canvas = Canvas(width, height, scale=2)
+    for (i, j), count in np.ndenumerate(matrix):
+        x, y = left + j * cell, top + i * cell
+        canvas.rect(x, y, x + cell, y + cell, fill=blues(float(fraction[i, j])))
+        if count:
+            canvas.text(x + cell / 2, y + cell / 2, str(count), count_size,
+                        "white" if fraction[i, j] > 0.55 else "#222222", ha="center", va="middle")
+    _frame(canvas, left, top, left + grid, top + grid)
+    for k, name in enumerate(names):
+        centre = k * cell + cell / 2
+        canvas.line([(left + centre, top + grid), (left + centre, top + grid + TICK)], "black",
+                    FRAME)
+        canvas.text(left + centre, top + grid + TICK + 2 + diagonal * tick_h / 2, name,
+                    tick_size, ha="right", va="middle", angle=45)
+        canvas.line([(left - TICK, top + centre), (left, top + centre)], "black", FRAME)
+        canvas.text(left - TICK - 4, top + centre, name, tick_size, ha="right", va="middle")
+
+    steps = max(1, round(bar_h))
+    for k in range(steps):  # the colour bar, dark (1.0) at the top
+        y0 = bar_top + bar_h * k / steps
+        canvas.rect(bar_left, y0, bar_left + bar_w, y0 + bar_h / steps + 0.5,
+                    fill=blues(1.0 - (k + 0.5) / steps))
+    _frame(canvas, bar_left, bar_top, bar_left + bar_w, bar_top + bar_h)
+    for value, label in zip(bar_ticks, bar_labels, strict=True):
+        y = bar_top + bar_h * (1.0 - value)
+        canvas.line([(bar_left + bar_w, y), (bar_left + bar_w + TICK, y)], "black", FRAME)
+        canvas.text(bar_left + bar_w + TICK + 4, y, label, label_size, ha="left", va="middle")
+    canvas.text(bar_text_right + 10, bar_top + bar_h / 2, "fraction of the true class",
+                label_size, ha="center", va="top", angle=90)
+
+    centre_x, centre_y = left + grid / 2, top + grid / 2
+    canvas.text(centre_x, PAD, f"Confusion matrix ({int(matrix.sum())} test images)",
+                title_size, ha="center", va="top")
+    canvas.text(centre_x, height - PAD, "predicted class", label_size, ha="center",
+                va="bottom")
+    canvas.text(PAD, centre_y, "true class", label_size, ha="center", va="top", angle=90)
+    return canvas
 
 
 def top_losses(rows: Sequence[Mapping[str, Any]], n: int = 16) -> list[Mapping[str, Any]]:
@@ -213,8 +401,17 @@ def top_losses(rows: Sequence[Mapping[str, Any]], n: int = 16) -> list[Mapping[s
     return ranked[: max(n, 0)]
 
 
-def _thumbnail(path: str, base_dir: Path | None, size: int = 160) -> np.ndarray | None:
-    """The image as an RGB array no larger than ``size``, or None when it cannot be read."""
+
+TILE_WIDTH = 270  # one top-losses tile, in pixels
+TILE_IMAGE = 240  # the image box inside it
+
+
+def _thumbnail(path: str, base_dir: Path | None, size: int = TILE_IMAGE) -> Image.Image | None:
+    """The image scaled to fit ``size`` x ``size`` pixels (RGB), or None when it cannot be read.
+
+    JPEGs are decoded at a reduced scale where that still covers ``size``; images smaller than
+    64 pixels are enlarged without smoothing so they stay crisp.
+    """
     candidates = [Path(path)]
     if base_dir is not None and not Path(path).is_absolute():
         candidates.append(base_dir / path)
@@ -224,9 +421,13 @@ def _thumbnail(path: str, base_dir: Path | None, size: int = 160) -> np.ndarray 
                 continue
             with Image.open(candidate) as opened:
                 opened.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
-                rgb = opened.convert("RGB")
-            rgb.thumbnail((size, size))
-            return np.asarray(rgb)
+                rgb_image = opened.convert("RGB")
+            width, height = rgb_image.size
+            scale = size / max(width, height)
+            target = (max(1, round(width * scale)), max(1, round(height * scale)))
+            tiny = max(width, height) < 64
+            return rgb_image.resize(target, Image.Resampling.NEAREST if tiny
+                                    else Image.Resampling.BICUBIC)
         except (OSError, ValueError, Image.DecompressionBombError) as exc:
             log.warning("cannot show %s in top losses: %s", candidate, exc)
             return None
@@ -246,30 +447,45 @@ def plot_top_losses(rows: Sequence[Mapping[str, Any]], out: str | Path, n: int =
     worst = top_losses(rows, n)
     if not worst:
         return None
+    base = Path(base_dir) if base_dir is not None else None
     cols = min(4, len(worst))
     nrows = math.ceil(len(worst) / cols)
-    fig = Figure(figsize=(2.5 * cols, 2.75 * nrows), dpi=110, layout="constrained")
-    base = Path(base_dir) if base_dir is not None else None
+    title_size, caption_size = 17, 14
+    caption_h = text_height(caption_size) + 6
+    tile_h = caption_h + TILE_IMAGE + 14
+    top = PAD + text_height(title_size) + 10
+    canvas = Canvas(cols * TILE_WIDTH + 2 * PAD, round(top + nrows * tile_h + PAD - 8), scale=1)
+    canvas.text(canvas.width / 2, PAD, "Most confidently wrong test images (true / predicted / p)",
+                title_size, ha="center", va="top")
     for i, row in enumerate(worst):
-        ax = fig.add_subplot(nrows, cols, i + 1)
-        _draw_tile(ax, row, _thumbnail(str(row.get("path", "")), base))
-    fig.suptitle("Most confidently wrong test images (true / predicted / p)", fontsize=11)
-    path = _output_file(out, "top_losses.png")
-    fig.savefig(path)
-    return path
+        x = PAD + (i % cols) * TILE_WIDTH
+        y = top + (i // cols) * tile_h
+        caption, size = fit_text(_caption(row), caption_size, TILE_WIDTH - 8)
+        canvas.text(x + TILE_WIDTH / 2, y + caption_h - 4, caption, size, ha="center",
+                    va="bottom")
+        _draw_tile_image(canvas, _thumbnail(str(row.get("path", "")), base),
+                         x + (TILE_WIDTH - TILE_IMAGE) // 2, round(y + caption_h))
+    return canvas.save(_output_file(out, "top_losses.png"))
 
 
-def _draw_tile(ax: Any, row: Mapping[str, Any], image: np.ndarray | None) -> None:
-    if image is None:
-        ax.imshow(np.full((8, 8, 3), 0.75))
-        ax.text(3.5, 3.5, "image not\navailable", ha="center", va="center", fontsize=8,
-                color="#333333")
-    else:
-        tiny = max(image.shape[:2]) < 64  # keep small images crisp instead of blurring them
-        ax.imshow(image, interpolation="nearest" if tiny else "antialiased")
+def _caption(row: Mapping[str, Any]) -> str:
+    """``true / pred / p=0.93`` for a top-losses tile."""
     prob = to_float(row.get("prob"))
     p_text = f"p={prob:.2f}" if math.isfinite(prob) else "p=?"
-    ax.set_title(f"{_short(str(row.get('label')), 16)} / {_short(str(row.get('pred')), 16)}"
-                 f" / {p_text}", fontsize=9, parse_math=False)
-    ax.set_xticks([])
-    ax.set_yticks([])
+    return f"{_short(str(row.get('label')), 16)} / {_short(str(row.get('pred')), 16)} / {p_text}"
+
+
+def _draw_tile_image(canvas: Canvas, image: Image.Image | None, x: int, y: int) -> None:
+    """The image centred in its box with a thin frame, or a grey placeholder."""
+    if image is None:
+        canvas.rect(x, y, x + TILE_IMAGE, y + TILE_IMAGE, fill="#bfbfbf", outline="black",
+                    width=1)
+        for k, line in enumerate(("image not", "available")):
+            canvas.text(x + TILE_IMAGE / 2, y + TILE_IMAGE / 2 + (k - 0.5) * 15, line, 12,
+                        MUTED_TEXT, ha="center", va="middle")
+        return
+    left = x + (TILE_IMAGE - image.width) // 2
+    top = y + (TILE_IMAGE - image.height) // 2
+    canvas.rect(left - 1, top - 1, left + image.width + 1, top + image.height + 1,
+                outline="black", width=1)
+    canvas.paste(image, left, top)
