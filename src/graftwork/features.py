@@ -46,7 +46,11 @@ __all__ = ["FeatureCache", "ExtractResult", "extract_features", "file_digest",
 log = logging.getLogger(__name__)
 _SHARD_ROWS = 2048
 ENGINES = ("auto", "onnx", "torch")
-_ORT_CHUNK = 16  # ONNX Runtime is fastest on small batches (cache-resident activations)
+# Images per forward call: on a CPU small batches are fastest (activations stay in cache).
+# lite0, 2 cores: ONNX Runtime 1 image ~135-145/s vs 16 images ~110-120/s; torch channels_last
+# 4 images ~77/s vs 64 images ~30/s (bench/results.md).
+_ORT_CHUNK = 1
+_TORCH_CHUNK = 4
 _ONNX_MIN_IMAGES = 128  # "auto" exports to ONNX (seconds, once) only for jobs this big
 _ORT_SPIN = True  # let ORT's idle intra-op threads spin-wait between operators
 # ONNX Runtime lanes: independent single-threaded runs on separate chunks, one per core, beat
@@ -270,7 +274,8 @@ def _run_extraction(backbone: Backbone, cache: FeatureCache, samples: list[Sampl
                     buf_feats.append(run(batch["images"]))
                     if gate is not None:
                         gate.set()
-                    buf_digests += [digests[i] for i in batch["indices"].tolist()]  # type: ignore[misc]
+                    rows = batch["indices"].tolist()
+                    buf_digests += [digests[i] for i in rows]  # type: ignore[misc]
                 if len(buf_digests) >= _SHARD_ROWS:
                     cache.write_shard(torch.cat(buf_feats), buf_digests)
                     buf_feats, buf_digests = [], []
@@ -370,8 +375,9 @@ class Normalize(torch.nn.Module):
 
     def __init__(self, pre: dict[str, Any]) -> None:
         super().__init__()
-        self.register_buffer("mean", torch.tensor(pre["mean"], dtype=torch.float32).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(pre["std"], dtype=torch.float32).view(1, 3, 1, 1))
+        for name in ("mean", "std"):
+            value = torch.tensor(pre[name], dtype=torch.float32)
+            self.register_buffer(name, value.view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).to(torch.float32).mul(1.0 / 255)
@@ -398,10 +404,11 @@ _SESSIONS: dict[str, Any] = {}  # "onnx path|threads" -> verified InferenceSessi
 def _torch_runner(backbone: Backbone, pre: dict[str, Any]) -> Runner:
     backbone.to(memory_format=torch.channels_last)
     model = _FromPixels(backbone, pre).eval()
+    size_ = _TORCH_CHUNK
 
     def run(x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
-            return model(x).float()
+            return torch.cat([model(x[i:i + size_]).float() for i in range(0, len(x), size_)])
     return run
 
 
@@ -489,18 +496,21 @@ def _onnx_runner(backbone: Backbone, pre: dict[str, Any], cache: FeatureCache,
                 log.warning("ONNX model %s unusable (%s): exporting it again", path.name, exc)
         _SESSIONS[key] = session
 
-    def one(chunk: np.ndarray) -> np.ndarray:
-        return session.run(None, {"x": chunk})[0]  # releases the GIL while it computes
-
     size_ = _ORT_CHUNK
+
+    def lane(part: np.ndarray) -> list[np.ndarray]:
+        # session.run releases the GIL while it computes
+        return [session.run(None, {"x": part[i:i + size_]})[0]
+                for i in range(0, len(part), size_)]
 
     def run(x: torch.Tensor) -> torch.Tensor:
         arr = x.numpy()
-        chunks = [arr[i:i + size_] for i in range(0, len(arr), size_)]
-        if lanes > 1 and len(chunks) > 1:
-            outs = list(_lane_pool(lanes).map(one, chunks))
+        if lanes > 1 and len(arr) > size_:  # a contiguous share of the batch per lane
+            bounds = np.linspace(0, len(arr), lanes + 1).round().astype(int)
+            parts = [arr[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+            outs = [o for res in _lane_pool(lanes).map(lane, parts) for o in res]
         else:
-            outs = [one(c) for c in chunks]
+            outs = lane(arr)
         return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0])
     return run
 
