@@ -27,7 +27,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)  # full run ~15 min on 2 cores; `make bench QUICK=1` checks it in under a minute
+bench: $(STAMP)  # full run ~8 min on 2 cores; `make bench QUICK=1` checks it in under a minute
 	$(BIN)/python bench/extract.py $(if $(QUICK),--quick)
 
 clean:

@@ -1,6 +1,6 @@
 """Feature-extraction benchmark: forward-only vs end-to-end vs naive, cached re-runs, peak RSS.
 
-    python bench/extract.py            # full run (make bench), about 10-15 minutes on 2 cores
+    python bench/extract.py            # full run (make bench), 6-8 minutes on 2 cores
     python bench/extract.py --quick    # under a minute, for checking that it works
 
 It writes its own images (Fashion-MNIST from Debian's ``dataset-fashion-mnist``, upscaled to
@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO / "scripts"))
 # Per-class counts (10 classes). main: the 400 px set `graft train` runs on (its train split also
 # feeds forward_only, end_to_end and naive); rss: the 64 px set of the memory part.
 PLANS: dict[str, dict[str, Any]] = {
-    "full": {"main": (500, 100, 100), "forward": 200, "end_to_end": 3000, "e2e_reps": 3,
+    "full": {"main": (1500, 100, 100), "forward": 200, "end_to_end": 3000, "e2e_reps": 3,
              "torch_e2e": 300, "naive": 200,
              "rss": (500, 2500)},
     "quick": {"main": (6, 2, 2), "forward": 32, "end_to_end": 60, "e2e_reps": 1, "naive": 20,
@@ -152,9 +152,12 @@ def forward_only(backbone: Any, pre: dict[str, Any], samples: list[Any], cache: 
                   lambda b: backbone(norm(b).contiguous()), 64, {"engine": "torch"})
     backbone.to(memory_format=torch.channels_last)
     with torch.inference_mode():
-        timed("torch eager channels_last, batch 64",
-              lambda b: backbone(norm(b).contiguous(memory_format=torch.channels_last)), 64,
-              {"engine": "torch"})
+        if not quick:
+            timed("torch eager channels_last, batch 64",
+                  lambda b: backbone(norm(b).contiguous(memory_format=torch.channels_last)), 64,
+                  {"engine": "torch"})
+        timed(f"torch eager channels_last, batch {F._TORCH_CHUNK} (graftwork's torch engine)",
+              F._torch_runner(backbone, pre), 64, {"engine": "torch"})
     if F._onnx_available():
         fc = F.FeatureCache(cache, backbone, pre)
         t0 = time.perf_counter()
@@ -162,10 +165,11 @@ def forward_only(backbone: Any, pre: dict[str, Any], samples: list[Any], cache: 
         configs["_onnx_export_and_check_s"] = round(time.perf_counter() - t0, 2)
         threads = torch.get_num_threads()
         default = F._ORT_CHUNK, F._ORT_LANES
-        variants = [(threads, 16)] if quick else [(1, 16), (threads, 8), (threads, 16)]
+        variants = [(threads, 1)] if quick else [(1, 16), (threads, 16), (threads, 1)]
         for lanes, chunk in variants:
             name = (f"onnxruntime, {threads} threads in one run, batch {chunk}" if lanes == 1
-                    else f"onnxruntime, {lanes} runs of 1 thread side by side, batch {chunk}")
+                    else f"onnxruntime, {lanes} runs of 1 thread side by side, batch {chunk}"
+                    + (" (graftwork's default)" if chunk == F._ORT_CHUNK else ""))
             # passes about as long as an end_to_end run: a short pass is noisier, and a
             # best-of over noisy passes would flatter forward_only
             timed(name, _ort_config(F, backbone, pre, fc, lanes, chunk), 64,
@@ -265,32 +269,35 @@ def graft_train(data: Path, cache: Path, out: Path, head: str) -> tuple[float, d
 
 
 def cache_child(args: argparse.Namespace) -> None:
-    """(subprocess) what a cold process needs to get every feature from a warm cache."""
+    """(subprocess) the steps of a cached ``graft train`` re-run before training, timed."""
     t0 = time.perf_counter()
-    import timm  # noqa: F401
     import torch  # noqa: F401
 
     import graftwork.classifier  # noqa: F401  (what `graft train` imports)
-    from graftwork.backbones import create_backbone
+    import graftwork.cli  # noqa: F401
+    from graftwork._prepared import load_prepared
     from graftwork.data import discover
     from graftwork.features import extract_features
 
     t1 = time.perf_counter()
-    backbone = create_backbone(args.backbone)
-    backbone_s = time.perf_counter() - t1
+    import torch._dynamo  # noqa: F401  (the first torch.optim optimizer imports it)
+
+    t2 = time.perf_counter()
+    backbone = load_prepared(args.rss_cache, args.backbone, None)
+    assert backbone is not None, "no prepared backbone record"
     splits = discover(args.cache_child)
     samples = splits.train + splits.val + splits.test
-    t2 = time.perf_counter()
     res = extract_features(backbone, samples, backbone.spec.preprocessing(), args.rss_cache,
                            progress=False)
     t3 = time.perf_counter()
     assert res.extracted == 0, res.extracted
-    print(json.dumps({"imports_s": t1 - t0, "backbone_s": backbone_s, "features_s": t3 - t2,
-                      "n": len(samples)}))
+    print(json.dumps({"imports_s": t1 - t0, "dynamo_s": t2 - t1, "features_s": t3 - t2,
+                      "n": len(samples), "timm": "timm" in sys.modules,
+                      "torchvision": "torchvision" in sys.modules}))
 
 
 def cached_parts(backbone: str, data: Path, cache: Path) -> dict[str, Any]:
-    """Where a cached re-run's time goes: imports, backbone, features from the cache."""
+    """Where a cached re-run's time goes: imports, features from the cache."""
     cmd = [sys.executable, str(Path(__file__).resolve()), "--cache-child", str(data),
            "--rss-cache", str(cache), "--backbone", backbone]
     t0 = time.perf_counter()
@@ -300,7 +307,8 @@ def cached_parts(backbone: str, data: Path, cache: Path) -> dict[str, Any]:
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_s"] = time.perf_counter() - t0
     log(f"cached features of all {out['n']} images in a fresh process: {out['features_s']:.2f}s"
-        f" (imports {out['imports_s']:.1f}s, backbone {out['backbone_s']:.1f}s)")
+        f" (imports {out['imports_s']:.1f}s + torch._dynamo {out['dynamo_s']:.1f}s; timm "
+        f"imported: {out['timm']}, torchvision: {out['torchvision']})")
     return out
 
 
@@ -390,14 +398,16 @@ def markdown(res: dict[str, Any]) -> str:
         ("naive", f"{r['naive']:.1f} img/s", f"{r['naive_images']} images", "", ""),
         *([("end_to_end, torch engine", f"{r['end_to_end_torch']:.1f} img/s",
             f"without onnxruntime: {r['end_to_end_vs_forward_only_torch']:.2f} × its "
-            f"forward_only ({r['forward_only_torch']:.1f}, channels_last)", "", "")]
+            f"forward_only ({r['forward_only_torch']:.1f})", "", "")]
           if r["end_to_end_torch"] else []),
         ("first run", f"{r['first_run_s']:.1f} s",
          f"`graft train` (extract, mlp head), {r['train_images']} images, cold cache", "", ""),
         ("cached_rerun", f"{r['cached_rerun_s']:.1f} s", "same data and cache, `--head linear`",
          "", ""),
         ("  of which: startup + imports", f"{r['rerun_imports_s']:.1f} s",
-         "python, torch, timm, graftwork (a fresh process)", "", ""),
+         "python, torch, graftwork (no timm, no torchvision: no network is built)", "", ""),
+        ("  of which: torch._dynamo", f"{r['rerun_dynamo_s']:.1f} s",
+         "imported by the first `torch.optim` optimizer", "", ""),
         ("  of which: features", f"{r['features_cached_s']:.2f} s",
          f"all {r['train_images']} features from the cache (hash files, verify shards, load)",
          "", ""),
@@ -405,7 +415,7 @@ def markdown(res: dict[str, Any]) -> str:
          "linear head on the cached features (first run's mlp head: "
          f"{r['first_head_training_s']:.1f} s)", "", ""),
         ("  of which: the rest", f"{r['rerun_other_s']:.1f} s",
-         "backbone, evaluation, report, save", "", ""),
+         "evaluation, report, save", "", ""),
         ("features cold vs cached", f"{r['features_cold_vs_cached']:.0f}×",
          f"{r['features_cold_s']:.0f} s to extract (at end_to_end) vs "
          f"{r['features_cached_s']:.2f} s cached", "", ""),
@@ -434,7 +444,7 @@ def write_results(res: dict[str, Any], table: str) -> None:
     block = [
         "<!-- bench:begin (generated by bench/extract.py; edit outside the markers) -->",
         f"Run: `{res['command']}` on {time.strftime('%Y-%m-%d %H:%M')}, "
-        f"{res['wall_s'] / 60:.1f} min{' (QUICK: sizes too small to judge)' if res['quick'] else ''}."
+        f"{res['wall_s'] / 60:.1f} min{' (QUICK: too small to judge)' if res['quick'] else ''}."
         f" Backbone `{res['backbone']}` at {res['image_size']} px.",
         "",
         "Machine: " + ", ".join(f"{k} {info[k]}" for k in ("cpu", "memory", "os")) + ".",
@@ -497,7 +507,7 @@ def main() -> None:
     e2e_samples = interleave(train, plan["end_to_end"])
     e2e = end_to_end(backbone, pre, interleave(val, 64), e2e_samples, DATA / "cache-e2e", engine,
                      reps=plan["e2e_reps"], between=lambda: again(best))
-    torch_cl = "torch eager channels_last, batch 64"
+    torch_cl = next(k for k in fwd if k.endswith("(graftwork's torch engine)"))
     e2e_torch = {"rate": None}
     if plan["torch_e2e"]:  # the same pipeline without onnxruntime, for comparison
         e2e_torch = end_to_end(backbone, pre, samples_of(main_data / "test", 1),
@@ -534,8 +544,10 @@ def main() -> None:
         "features_cached_s": round(parts["features_s"], 2),
         "features_cold_vs_cached": round(parts["n"] / e2e["rate"] / parts["features_s"], 1),
         "rerun_imports_s": round(parts["imports_s"], 2),
+        "rerun_dynamo_s": round(parts["dynamo_s"], 2),
         "rerun_head_training_s": round(head_s[1], 2),
-        "rerun_other_s": round(rerun - parts["imports_s"] - parts["features_s"] - head_s[1], 2),
+        "rerun_other_s": round(rerun - parts["imports_s"] - parts["dynamo_s"]
+                               - parts["features_s"] - head_s[1], 2),
         "first_head_training_s": round(head_s[0], 2),
         "forward_only_config": best, "engine": e2e["engine"],
         "threads": torch.get_num_threads(), "cores": os.cpu_count(),
@@ -551,7 +563,7 @@ def main() -> None:
     table = markdown(res)
     print(json.dumps(summary))
     print(table)
-    if not args.no_write:
+    if not (args.no_write or args.quick):  # quick figures mean nothing: keep the recorded run
         write_results(res, table)
         log(f"wrote {RESULTS} ({res['wall_s'] / 60:.1f} min)")
 
