@@ -58,7 +58,7 @@ def _save_index(root: Path, index: dict[str, list]) -> None:
         root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(index, fh, separators=(",", ":"))
+            fh.write(json.dumps(index, separators=(",", ":")))  # C encoder; json.dump is not
         os.replace(tmp, root / INDEX_FILE)
     except OSError as exc:  # a read-only cache only costs re-hashing next time
         log.debug("file digests not saved in %s: %s", root, exc)
@@ -66,54 +66,59 @@ def _save_index(root: Path, index: dict[str, list]) -> None:
             os.unlink(tmp)
 
 
-def _digest(path: str, index: dict[str, list] | None, now: float) -> tuple[bytes | None, bool]:
-    """(digest, whether ``index`` gained an entry)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None, False
-    key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-    hit = _MEMO.get(path)
-    if hit is not None and hit[0] == key:
-        digest: bytes | None = hit[1]
-    else:
-        row = index.get(path) if index is not None else None
-        if isinstance(row, list) and len(row) == 5 and tuple(row[:4]) == key:
-            digest = bytes.fromhex(row[4])
-        else:
-            digest = file_digest(path)
-        if digest is not None:
-            if len(_MEMO) >= _MEMO_MAX:
-                _MEMO.clear()
-            _MEMO[path] = (key, digest)
-    if digest is None or index is None or now - st.st_mtime < _RACY_S:
-        return digest, False
-    row = index.get(path)
+def _known(index: dict[str, list] | None, path: str, key: _Key) -> bytes | None:
+    row = index.get(path) if index is not None else None
     if isinstance(row, list) and len(row) == 5 and tuple(row[:4]) == key:
-        return digest, False
-    index[path] = [*key, digest.hex()]
-    return digest, True
+        try:
+            return bytes.fromhex(row[4])
+        except (TypeError, ValueError):
+            return None
+    return None
 
 
 def file_digests(paths: Sequence[str], cache_root: str | Path | None = None) -> list[bytes | None]:
     """Digests of ``paths`` (None where unreadable), remembered under ``cache_root``.
 
-    Threads hash in parallel: reading and sha256 release the GIL.
+    Files not seen before are hashed in threads (reading and sha256 release the GIL).
     """
     root = Path(cache_root) if cache_root is not None else None
     index = _load_index(root) if root is not None else None
     now = time.time()
-
-    def run(part: Sequence[str]) -> list[tuple[bytes | None, bool]]:
-        return [_digest(p, index, now) for p in part]
-
-    step = max(256, -(-len(paths) // 16))  # a few large tasks: a future per file costs more
-    parts = [paths[i:i + step] for i in range(0, len(paths), step)]
-    if len(parts) < 2:
-        results = run(paths)
-    else:
+    out: list[bytes | None] = [None] * len(paths)
+    todo: list[tuple[int, str, _Key, float]] = []
+    added = False
+    for i, p in enumerate(paths):
+        path = os.path.abspath(p)
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        key = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+        hit = _MEMO.get(path)
+        known = _known(index, path, key)
+        digest = hit[1] if hit is not None and hit[0] == key else known
+        if digest is None:
+            todo.append((i, path, key, st.st_mtime))
+            continue
+        out[i] = digest
+        _MEMO[path] = (key, digest)
+        if index is not None and known is None and now - st.st_mtime >= _RACY_S:
+            index[path], added = [*key, digest.hex()], True
+    if todo:
+        step = max(64, -(-len(todo) // 16))  # a few large tasks: a future per file costs more
+        parts = [todo[i:i + step] for i in range(0, len(todo), step)]
         with ThreadPoolExecutor(max_workers=min(4, len(parts))) as pool:
-            results = [r for part in pool.map(run, parts) for r in part]
-    if root is not None and index is not None and any(added for _, added in results):
+            hashed = [d for part in pool.map(lambda ps: [file_digest(t[1]) for t in ps], parts)
+                      for d in part]
+        if len(_MEMO) + len(todo) > _MEMO_MAX:
+            _MEMO.clear()
+        for (i, path, key, mtime), digest in zip(todo, hashed):
+            if digest is None:
+                continue
+            out[i] = digest
+            _MEMO[path] = (key, digest)
+            if index is not None and now - mtime >= _RACY_S:  # a fresh file could still change
+                index[path], added = [*key, digest.hex()], True
+    if root is not None and index is not None and added:
         _save_index(root, index)
-    return [d for d, _ in results]
+    return out

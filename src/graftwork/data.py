@@ -58,7 +58,7 @@ class Splits:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
 
 
-def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
+def _walk_files(folder: Path, skipped: list[Skipped]) -> list[str]:
     """Files below ``folder``, following symlinks once (loops detected), hidden entries ignored."""
     seen: set[str] = set()
     out: list[Path] = []
@@ -77,15 +77,15 @@ def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
         for name in sorted(filenames):
             if name.startswith("."):  # hidden files (.DS_Store, ._img.jpg AppleDouble) ignored
                 continue
-            path = Path(dirpath) / name
+            path = os.path.join(dirpath, name)  # strings: pathlib costs more than the stat
             try:
-                st = path.stat()  # follows symlinks
+                st = os.stat(path)  # follows symlinks
             except OSError as exc:
-                reason = "broken symlink" if path.is_symlink() else f"cannot read: {exc.strerror}"
-                skipped.append(Skipped(str(path), reason))
+                reason = "broken symlink" if os.path.islink(path) else f"cannot read: {exc.strerror}"
+                skipped.append(Skipped(path, reason))
                 continue
             if not stat.S_ISREG(st.st_mode):  # FIFOs, sockets, devices would block or never end
-                skipped.append(Skipped(str(path), "not a regular file"))
+                skipped.append(Skipped(path, "not a regular file"))
                 continue
             out.append(path)
     return out
@@ -93,15 +93,18 @@ def _walk_files(folder: Path, skipped: list[Skipped]) -> list[Path]:
 
 def list_images(folder: Path, skipped: list[Skipped] | None = None) -> list[Path]:
     """Image files below ``folder``; other files are recorded in ``skipped``."""
-    skipped = skipped if skipped is not None else []
+    return [Path(p) for p in _image_files(folder, skipped if skipped is not None else [])]
+
+
+def _image_files(folder: Path, skipped: list[Skipped]) -> list[str]:
     images = []
     for path in _walk_files(folder, skipped):
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
+        if os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS:
             images.append(path)
-        elif path.name not in ("Thumbs.db", "desktop.ini"):
-            skipped.append(Skipped(str(path), "not an image file (extension)"))
+        elif os.path.basename(path) not in ("Thumbs.db", "desktop.ini"):
+            skipped.append(Skipped(path, "not an image file (extension)"))
         else:
-            skipped.append(Skipped(str(path), "system file"))
+            skipped.append(Skipped(path, "system file"))
     return images
 
 
@@ -117,11 +120,11 @@ def _class_folders(folder: Path) -> list[str]:
 def _scan_split(folder: Path, classes: list[str], skipped: list[Skipped]) -> list[Sample]:
     samples = []
     for label, name in enumerate(classes):
-        files = list_images(folder / name, skipped)
+        files = _image_files(folder / name, skipped)
         if not files:
             raise DataError(f"class folder {str(folder / name)!r} has no images",
                             "add images to it or remove the folder")
-        samples.extend(Sample(str(p), label) for p in files)
+        samples.extend(Sample(p, label) for p in files)
     return samples
 
 

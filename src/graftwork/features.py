@@ -137,14 +137,31 @@ class FeatureCache:
             raw = _VERIFIED[key] = shard[1].contiguous().numpy().tobytes()
         return raw
 
-    def get(self, digest: bytes) -> torch.Tensor | None:
-        hit = self.index().get(digest)
-        if hit is None:
-            return None
-        path, row = hit
+    def _shard(self, path: Path) -> torch.Tensor:
         if path not in self._loaded:
             self._loaded[path] = load_file(str(path))["features"]
-        return self._loaded[path][row]
+        return self._loaded[path]
+
+    def get(self, digest: bytes) -> torch.Tensor | None:
+        hit = self.index().get(digest)
+        return None if hit is None else self._shard(hit[0])[hit[1]]
+
+    def gather(self, digests: Sequence[bytes | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, found): one row per digest, zeros where it is not cached."""
+        index = self.index()
+        by_shard: dict[Path, tuple[list[int], list[int]]] = {}
+        for i, d in enumerate(digests):
+            hit = index.get(d) if d is not None else None
+            if hit is not None:
+                pos, rows = by_shard.setdefault(hit[0], ([], []))
+                pos.append(i)
+                rows.append(hit[1])
+        out = torch.zeros(len(digests), self.dim)
+        found = torch.zeros(len(digests), dtype=torch.bool)
+        for path, (pos, rows) in by_shard.items():
+            out[pos] = self._shard(path)[rows]
+            found[pos] = True
+        return out, found
 
     def write_shard(self, features: torch.Tensor, digests: list[bytes]) -> Path:
         """Write one shard atomically and add it to the index."""
@@ -215,14 +232,12 @@ def extract_features(backbone: Backbone | PreparedBackbone, samples: Sequence[Sa
         raise BadImageError(f"{bad[0].path}: {bad[0].reason}",
                             "fix or remove the file, or run without --strict")
     skipped += bad
-    index = cache.index()
-    ok = torch.tensor([d is not None and d in index for d in digests], dtype=torch.bool)
-    features = None
     if materialize:
-        features = torch.zeros(len(samples), backbone.feature_dim)
-        for i, d in enumerate(digests):
-            if ok[i]:
-                features[i] = cache.get(d)  # type: ignore[arg-type]
+        features, ok = cache.gather(digests)
+    else:
+        index = cache.index()
+        features = None
+        ok = torch.tensor([d is not None and d in index for d in digests], dtype=torch.bool)
     result = ExtractResult(features, ok, skipped, len(todo) - len(bad), len(samples) - len(todo),
                            time.perf_counter() - start, used)
     log.info("%s: %d images, %d from cache, %d extracted, %d skipped in %.1fs", desc,
