@@ -310,14 +310,18 @@ class ImageClassifier:
                        progress=self.progress, checkpoint=self._ckpt("extract"),
                        resume=self._resume)
 
+    def _loader(self, samples: Sequence[Sample], transform: Any, batch_size: int,
+                generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
+        """Batches of decoded images (``collate_skip`` dicts), shuffled when given a generator."""
+        workers = default_workers() if self.num_workers is None else self.num_workers
+        return torch.utils.data.DataLoader(
+            ImageDataset(samples, transform, draft_size=self.preprocessing_["image_size"]),
+            batch_size=batch_size, shuffle=generator is not None, generator=generator,
+            num_workers=workers if len(samples) > batch_size else 0, collate_fn=collate_skip)
+
     def _image_batches(self, samples: Sequence[Sample], transform: Any, generator: torch.Generator | None,
                        batch_size: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        workers = default_workers() if self.num_workers is None else self.num_workers
-        loader = torch.utils.data.DataLoader(
-            ImageDataset(samples, transform, draft_size=self.preprocessing_["image_size"]),
-            batch_size=batch_size or self.batch_size, shuffle=generator is not None,
-            generator=generator, num_workers=workers, collate_fn=collate_skip)
-        for batch in loader:
+        for batch in self._loader(samples, transform, batch_size or self.batch_size, generator):
             failures = [Skipped(samples[i].path, r) for i, r in batch["failures"]]
             if failures and self.strict:
                 raise BadImageError(f"{failures[0].path}: {failures[0].reason}",
@@ -403,16 +407,10 @@ class ImageClassifier:
             res = self._extract(samples, "features eval")
             with torch.inference_mode():
                 return self._head(res.features[res.ok]), res.ok  # type: ignore[index]
-        tf = eval_transform(self.preprocessing_)
-        workers = default_workers() if self.num_workers is None else self.num_workers
-        loader = torch.utils.data.DataLoader(
-            ImageDataset(samples, tf, draft_size=self.preprocessing_["image_size"]),
-            batch_size=64, num_workers=workers if len(samples) > 64 else 0,
-            collate_fn=collate_skip)
         ok = torch.zeros(len(samples), dtype=torch.bool)
         out = []
         with torch.inference_mode():
-            for batch in loader:
+            for batch in self._loader(samples, eval_transform(self.preprocessing_), 64):
                 if len(batch["indices"]):
                     out.append(self.model_(batch["images"]))
                     ok[batch["indices"]] = True
