@@ -415,7 +415,7 @@ def markdown(res: dict[str, Any]) -> str:
          "linear head on the cached features (first run's mlp head: "
          f"{r['first_head_training_s']:.1f} s)", "", ""),
         ("  of which: the rest", f"{r['rerun_other_s']:.1f} s",
-         "evaluation, report, save", "", ""),
+         "evaluation, report, save, Python start and exit", "", ""),
         ("features cold vs cached", f"{r['features_cold_vs_cached']:.0f}×",
          f"{r['features_cold_s']:.0f} s to extract (at end_to_end) vs "
          f"{r['features_cached_s']:.2f} s cached", "", ""),
