@@ -17,7 +17,7 @@ from graftwork import ImageClassifier
 from graftwork._prepared import PreparedBackbone, load_prepared, store_prepared
 from graftwork.backbones import BackboneSpec, create_backbone, register_backbone
 
-from conftest import REPO, make_image_folder
+from tests.conftest import REPO, make_image_folder
 
 NAME = "tiny_registered"
 # a registered backbone (timm's tiny test network) whose weights come from a file

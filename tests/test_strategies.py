@@ -8,6 +8,7 @@ import torch
 from click.testing import CliRunner
 
 from graftwork import AugmentConfig, ImageClassifier
+from graftwork import cli as cli_module
 from graftwork.cli import main
 from graftwork.data import train_transform
 from graftwork.model import bn_layers
@@ -110,17 +111,25 @@ def test_bn_policy_recorded_in_config(tiny_data: Path, cache_dir: str) -> None:
     assert frozen and not set(frozen) & {n.removeprefix("backbone.") for n in clf.model_.bn_in_train_mode()}
 
 
-def test_progress_bars_and_quiet_flag(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+def test_progress_bars_and_quiet_flag(tiny_data: Path, cache_dir: str, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
     args = ["train", str(tiny_data), "--backbone", "test_efficientnet", "--weights", "random",
             "--image-size", "32", "--strategy", "finetune", "--train-bn", "--epochs", "1",
             "--workers", "0", "--cache-dir", cache_dir, "--no-report"]
+    piped = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "p")])  # not a terminal
+    assert piped.exit_code == 0, piped.output
+    assert "\r" not in piped.output and "it/s" not in piped.output  # no bars in a log file
+    assert "finetune epoch 1: loss" in piped.output  # a line per epoch instead
+    monkeypatch.setattr(cli_module, "_progress_bars", lambda quiet: not quiet)  # a terminal
     loud = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "a")])
     assert loud.exit_code == 0, loud.output
     for bar in ("features train", "finetune 1/1", "recalibrate BN"):
         assert bar in loud.output
+    assert "finetune epoch 1: loss" not in loud.output  # the bars show the epochs
     quiet = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "b"), "-q"])
     assert quiet.exit_code == 0
     assert "finetune 1/1" not in quiet.output and "it/s" not in quiet.output
+    assert "epoch 1: loss" not in quiet.output
     assert "test accuracy" in quiet.output  # the final one-screen summary is always printed
 
 

@@ -40,11 +40,17 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _setup_logging(verbose: bool, quiet: bool) -> None:
+def _setup_logging(verbose: bool, quiet: bool, bars: bool = False) -> None:
+    """Log to stderr; per-epoch lines only where no progress bar shows the epochs."""
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    if not verbose:
-        logging.getLogger("graftwork.training").setLevel(max(level, logging.WARNING))
+    logging.getLogger("graftwork.training").setLevel(
+        logging.WARNING if bars and not verbose else level)
+
+
+def _progress_bars(quiet: bool) -> bool:
+    """Bars on a terminal only: redirected to a file they would write a line per update."""
+    return not quiet and sys.stderr.isatty()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -163,7 +169,8 @@ def _unfreeze_value(value: str) -> int | str:
 @click.option("--strict", is_flag=True, help="Any bad image is an error.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars, warnings only.")
+@click.option("-q", "--quiet", is_flag=True,
+              help="Warnings only (progress bars show on a terminal, else a line per epoch).")
 @click.option("-v", "--verbose", is_flag=True)
 @_friendly
 def train(data: Path, out: Path, unfreeze: str, no_augment: bool, no_recalibrate: bool,
@@ -173,10 +180,11 @@ def train(data: Path, out: Path, unfreeze: str, no_augment: bool, no_recalibrate
     from graftwork.classifier import ImageClassifier
     from graftwork.data import AugmentConfig
 
-    _setup_logging(verbose, quiet)
+    bars = _progress_bars(quiet)
+    _setup_logging(verbose, quiet, bars)
     clf = ImageClassifier(**params, unfreeze=_unfreeze_value(unfreeze),
                           augment=None if no_augment else AugmentConfig(),
-                          recalibrate=not no_recalibrate, num_workers=workers, progress=not quiet)
+                          recalibrate=not no_recalibrate, num_workers=workers, progress=bars)
     try:
         clf.fit(data, checkpoint_dir=out / "checkpoints", resume=resume)
     except KeyboardInterrupt:
