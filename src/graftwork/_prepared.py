@@ -113,8 +113,7 @@ def load_prepared(root: str | Path, name: str, weights: str | None) -> PreparedB
         spec = BackboneSpec(**{k: (tuple(tuple(b) for b in v) if k == "blocks" else
                                    tuple(v) if isinstance(v, list) else v)
                                for k, v in meta["spec"].items()})
-        info = WeightsInfo(**{k: (tuple(v) if k == "tried" else v)
-                              for k, v in meta["weights"].items()})
+        info = WeightsInfo.from_dict(meta["weights"])
         trunk = load_file(str(path))
         if _weights.state_digest(trunk) != info.digest:  # ~10 ms per 10 MB
             raise ValueError("weights do not match their digest")

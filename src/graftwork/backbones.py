@@ -70,6 +70,11 @@ class WeightsInfo:
     digest: str
     tried: tuple[str, ...] = field(default=())
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WeightsInfo:
+        """The inverse of ``dataclasses.asdict`` (JSON turns the tuple into a list)."""
+        return cls(**{k: (tuple(v) if k == "tried" else v) for k, v in data.items()})
+
 
 _Factory = Callable[[], nn.Module]
 _REGISTRY: dict[str, tuple[BackboneSpec, _Factory | None]] = {}

@@ -6,33 +6,27 @@
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
+from graftwork import _persist
 from graftwork import bn as bn_mod
 from graftwork._prepared import PreparedBackbone, load_prepared, store_prepared
-from graftwork.backbones import Backbone, WeightsInfo, create_backbone
+from graftwork.backbones import Backbone, create_backbone
 from graftwork.data import (AugmentConfig, ImageDataset, Sample, Skipped, Splits, collate_skip,
                             discover, eval_transform, list_images, train_transform)
-from graftwork.errors import (BadImageError, ConfigError, DataError, ModelFileError,
-                              NotFittedError, RunDirError)
+from graftwork.errors import BadImageError, ConfigError, DataError, NotFittedError
 from graftwork.features import default_cache_dir, default_workers, extract_features
 from graftwork.heads import DEFAULT_DROPOUT, build_head
 from graftwork.model import GraftModel, bn_layers, freeze_backbone, parameter_counts
-from graftwork.run import (HISTORY_COLUMNS, PREDICTION_COLUMNS, package_versions, read_json,
-                           write_csv, write_json)
 from graftwork.training import (TrainConfig, evaluate, fit, seed_everything, tensor_batches,
                                 torch_threads)
 
@@ -47,7 +41,6 @@ PHASE_DEFAULTS: dict[str, dict[str, Any]] = {
     "finetune": {"epochs": 6, "lr": 1e-4, "optimizer": "rmsprop", "schedule": "cosine",
                  "patience": 4},
 }
-MODEL_FILE = "model.safetensors"
 
 
 def feature_batch_size(batch_size: int, n_train: int, cap: int = 256) -> int:
@@ -506,108 +499,20 @@ class ImageClassifier:
     def config(self) -> dict[str, Any]:
         """Everything needed to rebuild the model, and to know how it was made."""
         self._check_fitted()
-        backbone = self._backbone_ref()
-        return {
-            "graftwork_format": 1,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "backbone": {**asdict(backbone.spec), "feature_dim": backbone.feature_dim},
-            "weights": asdict(self.pretrained_weights_),
-            "classes": self.classes_,
-            "preprocessing": self.preprocessing_,
-            "strategy": self.strategy,
-            "head": {"kind": self.head, "hidden": self.hidden, "dropout": self._head_dropout()},
-            "hyperparameters": {**self.get_params(),
-                                "phases": {k: c.as_dict()
-                                           for k, c in getattr(self, "phase_configs_", {}).items()}},
-            "bn_policy": {"train_bn": self.train_bn, **getattr(self, "bn_", {})},
-            "unfrozen_blocks": getattr(self, "unfrozen_blocks_", []),
-            "best_phase": getattr(self, "best_phase_", None),
-            "trainable": getattr(self, "trainable_", {}),
-            "splits": self.splits_.counts() if hasattr(self, "splits_") else {},
-            "versions": package_versions(),
-        }
+        return _persist.run_config(self)
 
     def save(self, run_dir: str | Path) -> Path:
         """Write model.safetensors, config.json, metrics.json, history.csv and friends."""
         self._check_fitted()
-        out = Path(run_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self._state_dict().items()}
-        tmp = out / (MODEL_FILE + ".tmp")
-        save_file(state, str(tmp), metadata={"format": "graftwork"})
-        tmp.replace(out / MODEL_FILE)
-        write_json(out / "config.json", self.config())
-        write_json(out / "metrics.json", getattr(self, "metrics_", {}))
-        write_csv(out / "history.csv", HISTORY_COLUMNS, getattr(self, "history_", []))
-        if getattr(self, "test_predictions_", None):
-            write_csv(out / "predictions_test.csv", PREDICTION_COLUMNS, self.test_predictions_)
-        if getattr(self, "_skipped", None):
-            write_csv(out / "skipped.csv", ("path", "reason"),
-                      ({"path": p, "reason": r} for p, r in sorted(self._skipped.items())))
-        log.info("saved run to %s", out)
-        return out
+        return _persist.save_run(self, run_dir)
 
     @classmethod
     def from_model(cls, model: GraftModel, classes: Sequence[str],
                    preprocessing: dict[str, Any] | None = None) -> ImageClassifier:
         """Wrap a model trained elsewhere (e.g. to save it, then ``graft doctor`` it)."""
-        spec = model.backbone.spec
-        clf = cls(backbone=spec.name, head="custom", progress=False)
-        clf.model_ = model
-        clf.classes_ = list(classes)
-        clf.preprocessing_ = preprocessing or spec.preprocessing()
-        clf.pretrained_weights_ = model.backbone.weights
-        clf.bn_ = {}
-        clf.trainable_ = {"given": parameter_counts(model)}
-        clf._backbone_pristine = False
-        head = model.head
-        linear = [m for m in head.modules() if isinstance(m, nn.Linear)]
-        if isinstance(head, nn.Sequential) and len(linear) == 2:
-            clf.head, clf.hidden = "mlp", linear[0].out_features
-        elif isinstance(head, nn.Sequential) and len(linear) == 1:
-            clf.head = "linear"
-        else:
-            raise ValueError("from_model needs a head made by graftwork.heads.build_head")
-        dropout = [m.p for m in head.modules() if isinstance(m, nn.Dropout)]
-        clf.dropout = dropout[0] if dropout else 0.0
-        return clf
+        return _persist.wrap_model(cls, model, classes, preprocessing)
 
     @classmethod
     def load(cls, run_dir: str | Path) -> ImageClassifier:
         """Rebuild a saved classifier (no pickled code is executed)."""
-        run = Path(run_dir)
-        if not (run / "config.json").is_file() or not (run / MODEL_FILE).is_file():
-            raise RunDirError(f"{str(run)!r} is not a run directory with a saved model",
-                              "pass a folder written by `graft train --out`")
-        try:
-            cfg = read_json(run / "config.json")
-            params = dict(cfg["hyperparameters"])
-        except (ValueError, KeyError) as exc:
-            raise ModelFileError(f"{str(run / 'config.json')!r} is corrupt: {exc}",
-                                 "re-train, or restore the run directory") from exc
-        params.pop("phases", None)
-        aug = params.pop("augment", None)
-        clf = cls(**params, augment=AugmentConfig(**aug) if aug else None, progress=False)
-        backbone = create_backbone(cfg["backbone"]["name"], pretrained=False)
-        head_cfg = cfg["head"]
-        head = build_head(head_cfg["kind"], backbone.feature_dim, len(cfg["classes"]),
-                          head_cfg["hidden"], head_cfg["dropout"])
-        model = GraftModel(backbone, head, cfg["bn_policy"].get("train_bn", False))
-        try:
-            model.load_state_dict(load_file(str(run / MODEL_FILE)))
-        except (SafetensorError, RuntimeError, OSError) as exc:
-            raise ModelFileError(f"{str(run / MODEL_FILE)!r} is corrupt or does not match "
-                                 f"config.json: {str(exc).splitlines()[0][:200]}",
-                                 "re-train, or restore the run directory") from exc
-        model.eval()
-        clf.model_ = model
-        clf.classes_ = list(cfg["classes"])
-        clf.preprocessing_ = cfg["preprocessing"]
-        clf.pretrained_weights_ = WeightsInfo(**{k: (tuple(v) if k == "tried" else v)
-                                                 for k, v in cfg["weights"].items()})
-        clf.bn_ = {k: v for k, v in cfg["bn_policy"].items() if k != "train_bn"}
-        clf.trainable_ = cfg.get("trainable", {})
-        clf._backbone_pristine = False
-        if (run / "metrics.json").is_file():
-            clf.metrics_ = read_json(run / "metrics.json")
-        return clf
+        return _persist.load_run(cls, run_dir)
