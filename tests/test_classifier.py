@@ -1,9 +1,12 @@
 """End-to-end estimator behaviour on a tiny random backbone."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+import torch
+
 from graftwork import ImageClassifier, NotFittedError, RunDirError
 from tests.conftest import TINY
 
@@ -54,3 +57,29 @@ def test_predict_before_fit_is_a_named_error() -> None:
 def test_load_missing_run(tmp_path: Path) -> None:
     with pytest.raises(RunDirError):
         ImageClassifier.load(tmp_path / "nope")
+
+
+def test_head_on_cached_features_batches_grow_with_the_data() -> None:
+    clf = ImageClassifier()
+    small, big = clf._phase_config("extract", 300), clf._phase_config("extract", 5000)
+    assert (small.batch_size, small.lr) == (32, 1e-3)  # small data: the classic recipe
+    assert big.batch_size == 250 and big.lr == pytest.approx(1e-3 * (250 / 32) ** 0.5)
+    assert clf._phase_config("extract", 10**6).batch_size == 256
+    assert clf._phase_config("frozen", 5000).batch_size == 32  # image phases keep --batch-size
+    given = ImageClassifier(lr=5e-4, batch_size=64)._phase_config("extract", 5000)
+    assert (given.batch_size, given.lr) == (250, 5e-4)  # a given rate is kept as given
+
+
+def test_head_dropout_defaults(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+    def dropouts(clf: ImageClassifier) -> list[float]:
+        return [m.p for m in clf.model_.head.modules() if isinstance(m, torch.nn.Dropout)]
+
+    linear = ImageClassifier(**TINY, head="linear", epochs=1, cache_dir=cache_dir).fit(tiny_data)
+    mlp = ImageClassifier(**TINY, epochs=1, cache_dir=cache_dir).fit(tiny_data)
+    given = ImageClassifier(**TINY, head="linear", dropout=0.3, epochs=1,
+                            cache_dir=cache_dir).fit(tiny_data)
+    assert (dropouts(linear), dropouts(mlp), dropouts(given)) == ([], [0.5], [0.3])
+    assert linear.config()["head"]["dropout"] == 0.0
+    mlp.save(tmp_path / "run")
+    phases = json.loads((tmp_path / "run" / "config.json").read_text())["hyperparameters"]["phases"]
+    assert phases["extract"]["batch_size"] == 32 and phases["extract"]["lr"] == 1e-3
