@@ -136,3 +136,14 @@ def test_rerun_process_imports_neither_timm_nor_torchvision(tmp_path: Path, weig
                            env=env, check=True) for _ in range(2)]
     assert json.loads(runs[0].stdout.splitlines()[-1]) == {"timm": True, "torchvision": True}
     assert json.loads(runs[1].stdout.splitlines()[-1]) == {"timm": False, "torchvision": False}
+
+
+def test_changed_spec_is_not_served_stale(weights_file: str, cache_dir: str) -> None:
+    spec = BackboneSpec(name=NAME, arch="test_efficientnet", input_size=32)
+    store_prepared(cache_dir, NAME, weights_file, create_backbone(NAME, weights_file))
+    try:
+        register_backbone(BackboneSpec(name=NAME, arch="test_efficientnet", input_size=48))
+        assert load_prepared(cache_dir, NAME, weights_file) is None
+    finally:
+        register_backbone(spec)
+    assert load_prepared(cache_dir, NAME, weights_file) is not None

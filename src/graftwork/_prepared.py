@@ -6,7 +6,7 @@ and its weights (the saved model holds them). A :class:`PreparedBackbone` gives 
 from one safetensors file without building the network, so such a run never imports timm or
 torchvision (~2 s of a ~4 s run); :meth:`PreparedBackbone.module` builds it when it is needed.
 
-Records live in ``CACHE/backbones/<key>.safetensors``, keyed by the backbone name, the weights
+Records live in ``CACHE/backbones/<key>.safetensors``, keyed by the backbone's spec, the weights
 file (path, size, mtime) and the timm and graftwork versions. Hub and random weights are not
 recorded (nothing cheap identifies them).
 """
@@ -50,18 +50,18 @@ def _source_key(name: str, weights: str | None) -> str | None:
         return None
     from graftwork.backbones import get_spec
 
+    spec = get_spec(name)
     if weights:
         path: Path | None = Path(weights).resolve()
     else:
-        package = get_spec(name).package
-        path = _weights.package_weights_file(package) if package else None
+        path = _weights.package_weights_file(spec.package) if spec.package else None
     if path is None:  # the hub: only timm knows what it would fetch
         return None
     try:
         st = path.stat()
     except OSError:
         return None
-    facts = {"format": _FORMAT, "name": name, "weights": str(path), "size": st.st_size,
+    facts = {"format": _FORMAT, "spec": asdict(spec), "weights": str(path), "size": st.st_size,
              "mtime_ns": st.st_mtime_ns, "timm": _version("timm"),
              "graftwork": _version("graftwork")}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
