@@ -83,3 +83,23 @@ def test_head_dropout_defaults(tiny_data: Path, cache_dir: str, tmp_path: Path) 
     mlp.save(tmp_path / "run")
     phases = json.loads((tmp_path / "run" / "config.json").read_text())["hyperparameters"]["phases"]
     assert phases["extract"]["batch_size"] == 32 and phases["extract"]["lr"] == 1e-3
+
+
+def test_summary_of_a_trained_run(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+    clf = ImageClassifier(**TINY, strategy="finetune", epochs=1, cache_dir=cache_dir).fit(tiny_data)
+    text = clf.summary()
+    backbone, head = text.split("Head (features -> logits)")
+    assert backbone.startswith("Backbone (images -> features)")
+    assert "[1, 3, 32, 32]" in backbone and "Trainable" in backbone
+    assert "True" in backbone  # the unfrozen block's layers
+    assert "Linear" in head and "[1, 10]" not in head  # 3 classes
+    counts = clf.trainable_["finetune"]
+    assert f"Trainable weights: {counts['trainable_params']:,}" in text
+    assert f"Frozen weights: {counts['frozen_params']:,}" in text
+    clf.save(tmp_path / "run")
+    assert (tmp_path / "run" / "summary.txt").read_text() == text + "\n"
+    from graftwork.report import build_report
+
+    build_report(tmp_path / "run")
+    html = (tmp_path / "run" / "report.html").read_text()
+    assert "Model summary" in html and "Backbone (images -&gt; features)" in html

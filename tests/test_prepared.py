@@ -95,6 +95,7 @@ def test_cached_rerun_builds_no_network_and_matches(tmp_path: Path, weights_file
     assert second.metrics_["test"] == first.metrics_["test"]
     second.save(tmp_path / "run2")
     assert second.__dict__["_model"] is None  # saving needs no network either
+    assert (tmp_path / "run2" / "summary.txt").read_text() == first.summary() + "\n"
     first.save(tmp_path / "run1")
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["backbone"] == \
         json.loads((tmp_path / "run1" / "config.json").read_text())["backbone"]

@@ -28,6 +28,7 @@ __all__ = ["MODEL_FILE", "run_config", "save_run", "load_run", "wrap_model"]
 log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.safetensors"
+SUMMARY_FILE = "summary.txt"  # read by the report
 C = TypeVar("C", bound="ImageClassifier")
 
 
@@ -71,6 +72,10 @@ def save_run(clf: ImageClassifier, run_dir: str | Path) -> Path:
     if getattr(clf, "_skipped", None):
         write_csv(out / "skipped.csv", ("path", "reason"),
                   ({"path": p, "reason": r} for p, r in sorted(clf._skipped.items())))
+    try:
+        (out / SUMMARY_FILE).write_text(clf.summary() + "\n", encoding="utf-8")
+    except Exception as exc:  # a summary problem must not lose a trained model
+        log.warning("summary not written: %s", exc)
     log.info("saved run to %s", out)
     return out
 

@@ -30,6 +30,7 @@ from graftwork import _weights
 from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone,
                                  is_registered)
 from graftwork.model import freeze_backbone, parameter_counts
+from graftwork.summary import backbone_table
 
 __all__ = ["PreparedBackbone", "load_prepared", "store_prepared"]
 
@@ -88,6 +89,17 @@ class PreparedBackbone:
         """The backbone's state dict, keys as in ``Backbone.state_dict()``."""
         return {f"trunk.{k}": v for k, v in self._trunk_state.items()}
 
+    def summary(self, image_size: int) -> str:
+        """The frozen backbone's per-layer table at ``image_size`` (stored beside the record;
+        made, and the network built, only the first time)."""
+        path = _summary_path(self.path, image_size)
+        try:
+            return path.read_text(encoding="utf-8")
+        except OSError:
+            text = backbone_table(self.module(), image_size)
+            _write_text(path, text)
+            return text
+
     def module(self) -> Backbone:
         """The network with these weights, frozen (built once)."""
         if self._module is None:
@@ -97,6 +109,21 @@ class PreparedBackbone:
             freeze_backbone(backbone, 0)
             self._module = backbone
         return self._module
+
+
+def _summary_path(record: Path, image_size: int) -> Path:
+    return record.with_name(f"{record.stem}.summary-{image_size}.txt")
+
+
+def _write_text(path: Path, text: str) -> None:
+    """Atomic, best effort: the cache may be read-only."""
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.debug("could not write %s: %s", path, exc)
 
 
 def load_prepared(root: str | Path, name: str, weights: str | None) -> PreparedBackbone | None:
@@ -124,17 +151,29 @@ def load_prepared(root: str | Path, name: str, weights: str | None) -> PreparedB
         return None
 
 
-def store_prepared(root: str | Path, name: str, weights: str | None, backbone: Backbone) -> None:
-    """Record ``backbone`` (as loaded from its weights source) for later runs; best effort."""
+def store_prepared(root: str | Path, name: str, weights: str | None, backbone: Backbone,
+                   image_size: int | None = None) -> None:
+    """Record ``backbone`` (as loaded from its weights source) for later runs, with its
+    summary at ``image_size``; best effort."""
     key = _source_key(name, weights)
-    if key is None or _path(root, key).is_file():
+    if key is None:
         return
     path = _path(root, key)
-    frozen = [p.requires_grad for p in backbone.parameters()]
+    summary = _summary_path(path, image_size) if image_size else None
+    if path.is_file() and (summary is None or summary.is_file()):
+        return
+    flags = [p.requires_grad for p in backbone.parameters()]
     freeze_backbone(backbone, 0)
-    counts = parameter_counts(backbone)
-    for p, flag in zip(backbone.parameters(), frozen):
-        p.requires_grad = flag
+    try:
+        counts = parameter_counts(backbone)
+        table = backbone_table(backbone, image_size) if summary is not None else ""
+    finally:
+        for p, flag in zip(backbone.parameters(), flags):
+            p.requires_grad = flag
+    if path.is_file():
+        if summary is not None:
+            _write_text(summary, table)
+        return
     meta: dict[str, Any] = {"spec": asdict(backbone.spec), "weights": asdict(backbone.weights),
                             "feature_dim": backbone.feature_dim, "counts": counts}
     state = {k: v.detach().contiguous() for k, v in backbone.trunk.state_dict().items()}
@@ -148,5 +187,7 @@ def store_prepared(root: str | Path, name: str, weights: str | None, backbone: B
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+        if summary is not None:
+            _write_text(summary, table)
     except (OSError, RuntimeError, SafetensorError) as exc:  # e.g. a read-only cache, tied weights
         log.warning("could not store prepared backbone in %s: %s", path.parent, exc)

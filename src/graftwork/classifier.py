@@ -27,6 +27,7 @@ from graftwork.errors import BadImageError, ConfigError, DataError, NotFittedErr
 from graftwork.features import default_cache_dir, default_workers, extract_features
 from graftwork.heads import DEFAULT_DROPOUT, build_head
 from graftwork.model import GraftModel, bn_layers, freeze_backbone, parameter_counts
+from graftwork.summary import backbone_table, run_summary
 from graftwork.training import (TrainConfig, evaluate, fit, seed_everything, tensor_batches,
                                 torch_threads)
 
@@ -175,7 +176,8 @@ class ImageClassifier:
                 log.info("backbone %s: prepared record %s", self.backbone, prepared.path.name)
                 return prepared
         backbone = create_backbone(self.backbone, self.weights)
-        store_prepared(root, self.backbone, self.weights, backbone)
+        store_prepared(root, self.backbone, self.weights, backbone,
+                       self.image_size or backbone.spec.input_size)
         return backbone
 
     def _check_fitted(self) -> None:
@@ -494,6 +496,15 @@ class ImageClassifier:
                         "top_k": [{"label": self.classes_[int(i)], "prob": float(v)}
                                   for v, i in zip(values, idx)]})
         return out
+
+    def summary(self) -> str:
+        """Per-layer tables of the backbone and the head (name, input and output shape, params,
+        trainable or not), then the totals; BN running statistics are counted apart."""
+        self._check_fitted()
+        backbone, size = self._backbone_ref(), int(self.preprocessing_["image_size"])
+        text = (backbone.summary(size) if isinstance(backbone, PreparedBackbone)
+                else backbone_table(backbone, size))
+        return run_summary(text, self._head, backbone.feature_dim, self._counts())
 
     # ------------------------------------------------------------------ persistence
     def config(self) -> dict[str, Any]:
