@@ -222,8 +222,8 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
             result.best_state = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
-        log.info("%s epoch %d: loss %.4f acc %.4f val_loss %s val_acc %s", phase, epoch,
-                 row["loss"], row["accuracy"], row["val_loss"], row["val_accuracy"])
+        log.info("%s epoch %d: loss %.4f acc %.4f%s", phase, epoch, row["loss"], row["accuracy"],
+                 f" val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f}" if val else "")
         if checkpoint is not None:
             _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict() if sched is not None else {},
