@@ -12,11 +12,12 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from graftwork.run import atomic_write_text
 
 __all__ = ["file_digest", "file_digests"]
 
@@ -56,14 +57,10 @@ def _load_index(root: Path) -> dict[str, list]:
 def _save_index(root: Path, index: dict[str, list]) -> None:
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=root, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps(index, separators=(",", ":")))  # C encoder; json.dump is not
-        os.replace(tmp, root / INDEX_FILE)
+        # json.dumps uses the C encoder; json.dump to a file would use the pure-Python one
+        atomic_write_text(root / INDEX_FILE, json.dumps(index, separators=(",", ":")))
     except OSError as exc:  # a read-only cache only costs re-hashing next time
         log.debug("file digests not saved in %s: %s", root, exc)
-        if "tmp" in locals() and os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _known(index: dict[str, list] | None, path: str, key: _Key) -> bytes | None:

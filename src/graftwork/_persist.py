@@ -17,8 +17,8 @@ from graftwork.data import AugmentConfig
 from graftwork.errors import ModelFileError, RunDirError
 from graftwork.heads import build_head
 from graftwork.model import GraftModel, parameter_counts
-from graftwork.run import (HISTORY_COLUMNS, PREDICTION_COLUMNS, package_versions, read_json,
-                           write_csv, write_json)
+from graftwork.run import (HISTORY_COLUMNS, PREDICTION_COLUMNS, atomic_write_text,
+                           package_versions, read_json, write_csv, write_json)
 
 if TYPE_CHECKING:
     from graftwork.classifier import ImageClassifier
@@ -73,7 +73,7 @@ def save_run(clf: ImageClassifier, run_dir: str | Path) -> Path:
         write_csv(out / "skipped.csv", ("path", "reason"),
                   ({"path": p, "reason": r} for p, r in sorted(clf._skipped.items())))
     try:
-        (out / SUMMARY_FILE).write_text(clf.summary() + "\n", encoding="utf-8")
+        atomic_write_text(out / SUMMARY_FILE, clf.summary() + "\n")
     except Exception as exc:  # a summary problem must not lose a trained model
         log.warning("summary not written: %s", exc)
     log.info("saved run to %s", out)

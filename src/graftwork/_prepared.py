@@ -27,9 +27,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from graftwork import _weights
-from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone,
+from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone, get_spec,
                                  is_registered)
 from graftwork.model import freeze_backbone, parameter_counts
+from graftwork.run import atomic_write_text
 from graftwork.summary import backbone_table
 
 __all__ = ["PreparedBackbone", "load_prepared", "store_prepared"]
@@ -49,8 +50,6 @@ def _source_key(name: str, weights: str | None) -> str | None:
     """A key that changes whenever the weights would: None where nothing cheap says so."""
     if weights == "random" or not is_registered(name):
         return None
-    from graftwork.backbones import get_spec
-
     spec = get_spec(name)
     if weights:
         path: Path | None = Path(weights).resolve()
@@ -118,10 +117,7 @@ def _summary_path(record: Path, image_size: int) -> Path:
 def _write_text(path: Path, text: str) -> None:
     """Atomic, best effort: the cache may be read-only."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     except OSError as exc:
         log.debug("could not write %s: %s", path, exc)
 

@@ -25,7 +25,7 @@ from graftwork.data import (AugmentConfig, ImageDataset, Sample, Skipped, Splits
                             discover, eval_transform, list_images, train_transform)
 from graftwork.errors import BadImageError, ConfigError, DataError, NotFittedError
 from graftwork.features import default_cache_dir, default_workers, extract_features
-from graftwork.heads import DEFAULT_DROPOUT, build_head
+from graftwork.heads import build_head, head_dropout
 from graftwork.model import GraftModel, bn_layers, freeze_backbone, parameter_counts
 from graftwork.summary import backbone_table, run_summary
 from graftwork.training import (TrainConfig, evaluate, fit, seed_everything, tensor_batches,
@@ -122,7 +122,7 @@ class ImageClassifier:
                            batch_size=batch)
 
     def _head_dropout(self) -> float:
-        return DEFAULT_DROPOUT.get(self.head, 0.0) if self.dropout is None else self.dropout
+        return head_dropout(self.head, self.dropout)
 
     # ------------------------------------------------------------------ the model
     @property

@@ -7,11 +7,12 @@ import json
 import math
 import os
 import platform
+import secrets
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_json", "read_json", "write_csv", "read_csv", "package_versions",
+__all__ = ["atomic_write_text", "write_json", "read_json", "write_csv", "read_csv", "package_versions",
            "HISTORY_COLUMNS", "PREDICTION_COLUMNS"]
 
 HISTORY_COLUMNS = ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
@@ -29,14 +30,20 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` through a temporary file of its own in the same folder, then rename:
+    readers never see a partial file and concurrent writers never share a temporary file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    _atomic_write_text(path, json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: Path) -> dict[str, Any]:
