@@ -415,15 +415,19 @@ class ImageClassifier:
         return (torch.cat(out) if out else torch.empty(0, n)), ok
 
     def _evaluate_samples(self, samples: Sequence[Sample]) -> dict[str, float]:
-        logits, ok = self._logits(samples)
+        return self._score(samples, *self._logits(samples))
+
+    @staticmethod
+    def _score(samples: Sequence[Sample], logits: torch.Tensor, ok: torch.Tensor) -> dict[str, float]:
         labels = torch.tensor([s.label for s in samples], dtype=torch.long)[ok]
         return evaluate(nn.Identity(), [(logits, labels)])
 
     def _final_metrics(self, splits: Splits, seconds: float) -> dict[str, Any]:
         metrics: dict[str, Any] = {"val": self._evaluate_samples(splits.val) if splits.val else {}}
         if splits.test:
-            metrics["test"] = self._evaluate_samples(splits.test)
-            self.test_predictions_ = self._prediction_rows(splits.test)
+            logits, ok = self._logits(splits.test)  # once for the metrics and the rows
+            metrics["test"] = self._score(splits.test, logits, ok)
+            self.test_predictions_ = self._prediction_rows(splits.test, logits, ok)
         metrics["phases"] = self.phases_
         metrics["bn"] = self.bn_
         metrics["skipped"] = len(self._skipped)
@@ -431,8 +435,8 @@ class ImageClassifier:
         metrics["features"] = getattr(self, "extract_stats_", {})
         return metrics
 
-    def _prediction_rows(self, samples: Sequence[Sample]) -> list[dict[str, Any]]:
-        logits, ok = self._logits(samples)
+    def _prediction_rows(self, samples: Sequence[Sample], logits: torch.Tensor,
+                         ok: torch.Tensor) -> list[dict[str, Any]]:
         probs = logits.softmax(1)
         kept = [s for s, good in zip(samples, ok.tolist()) if good]
         rows = []
