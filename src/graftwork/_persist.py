@@ -17,7 +17,7 @@ from graftwork.data import AugmentConfig
 from graftwork.errors import ModelFileError, RunDirError
 from graftwork.heads import build_head
 from graftwork.model import GraftModel, parameter_counts
-from graftwork.run import (HISTORY_COLUMNS, PREDICTION_COLUMNS, atomic_write_text,
+from graftwork.run import (HISTORY_COLUMNS, PREDICTION_COLUMNS, atomic_file, atomic_write_text,
                            package_versions, read_json, write_csv, write_json)
 
 if TYPE_CHECKING:
@@ -61,9 +61,8 @@ def save_run(clf: ImageClassifier, run_dir: str | Path) -> Path:
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in clf._state_dict().items()}
-    tmp = out / (MODEL_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "graftwork"})
-    tmp.replace(out / MODEL_FILE)
+    with atomic_file(out / MODEL_FILE) as tmp:
+        save_file(state, tmp, metadata={"format": "graftwork"})
     write_json(out / "config.json", run_config(clf))
     write_json(out / "metrics.json", getattr(clf, "metrics_", {}))
     write_csv(out / "history.csv", HISTORY_COLUMNS, getattr(clf, "history_", []))

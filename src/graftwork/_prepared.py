@@ -16,8 +16,6 @@ import hashlib
 import importlib.metadata
 import json
 import logging
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -30,7 +28,7 @@ from graftwork import _weights
 from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone, get_spec,
                                  is_registered)
 from graftwork.model import freeze_backbone, parameter_counts
-from graftwork.run import atomic_write_text
+from graftwork.run import atomic_file, atomic_write_text
 from graftwork.summary import backbone_table
 
 __all__ = ["PreparedBackbone", "load_prepared", "store_prepared"]
@@ -175,14 +173,8 @@ def store_prepared(root: str | Path, name: str, weights: str | None, backbone: B
     state = {k: v.detach().contiguous() for k, v in backbone.trunk.state_dict().items()}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        os.close(fd)
-        try:
+        with atomic_file(path) as tmp:
             save_file(state, tmp, metadata={"graftwork": json.dumps(meta)})
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         if summary is not None:
             _write_text(summary, table)
     except (OSError, RuntimeError, SafetensorError) as exc:  # e.g. a read-only cache, tied weights

@@ -20,7 +20,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +38,7 @@ from graftwork._prepared import PreparedBackbone
 from graftwork.backbones import Backbone
 from graftwork.data import ImageDataset, Sample, Skipped, collate_skip
 from graftwork.errors import BadImageError
+from graftwork.run import atomic_file
 
 __all__ = ["FeatureCache", "ExtractResult", "extract_features", "file_digest",
            "default_cache_dir", "default_workers"]
@@ -168,16 +168,10 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         feats = features.detach().to(torch.float32).contiguous()
         dig = torch.tensor([list(d) for d in digests], dtype=torch.uint8)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
-        os.close(fd)
-        try:
+        path = self.dir / f"shard-{time.time_ns()}-{os.getpid()}.safetensors"
+        with atomic_file(path) as tmp:
             save_file({"features": feats, "digests": dig}, tmp,
                       metadata={"checksum": _checksum(feats, dig)})
-            path = self.dir / f"shard-{time.time_ns()}-{os.getpid()}.safetensors"
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         index = self.index()
         for row, d in enumerate(digests):
             index[d] = (path, row)
@@ -456,18 +450,11 @@ def export_onnx(module: torch.nn.Module, example: torch.Tensor, path: str | Path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".onnx.tmp")
-    os.close(fd)
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, (example,), tmp, input_names=["x"], output_names=["y"],
-                              dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17,
-                              dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), tmp, input_names=["x"], output_names=["y"],
+                          dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17,
+                          dynamo=False)
 
 
 def _onnx_path(backbone: Backbone, cache: FeatureCache) -> Path:

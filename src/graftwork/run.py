@@ -8,11 +8,12 @@ import math
 import os
 import platform
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_text", "write_json", "read_json", "write_csv", "read_csv", "package_versions",
+__all__ = ["atomic_file", "atomic_write_text", "write_json", "read_json", "write_csv", "read_csv", "package_versions",
            "HISTORY_COLUMNS", "PREDICTION_COLUMNS"]
 
 HISTORY_COLUMNS = ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
@@ -30,16 +31,22 @@ def _clean(value: Any) -> Any:
     return value
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` through a temporary file of its own in the same folder, then rename:
-    readers never see a partial file and concurrent writers never share a temporary file."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[str]:
+    """A temporary path of its own beside ``path``, renamed onto ``path`` when the block ends
+    without error and removed otherwise: readers never see a partial file and concurrent
+    writers never share a temporary file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            fh.write(text)
+        yield str(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp, open(tmp, "x", encoding="utf-8") as fh:
+        fh.write(text)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -51,13 +58,11 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_file(path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    os.replace(tmp, path)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -5,7 +5,6 @@ import copy
 from contextlib import contextmanager
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -15,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 from tqdm.auto import tqdm
+
+from graftwork.run import atomic_file
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
            "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads"]
@@ -146,9 +147,8 @@ def _better(a: dict[str, float], b: dict[str, float]) -> bool:
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
