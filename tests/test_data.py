@@ -286,7 +286,9 @@ def test_unicode_and_space_names(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="symlinks")
-def test_symlinks_followed_once_and_loops_detected(tmp_path: Path) -> None:
+def test_file_symlinks_followed_folder_symlinks_reported(tmp_path: Path) -> None:
+    # Issue 11.3 changed this test: a symlinked folder outside DATA ("linked_dir") used to be
+    # followed (in_linked_dir.png counted); it is now reported and not followed.
     root = _two_classes(tmp_path / "d", n=4)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -299,13 +301,16 @@ def test_symlinks_followed_once_and_loops_detected(tmp_path: Path) -> None:
     os.symlink(tmp_path / "gone.png", root / "class_1" / "broken.png")
     skipped: list[Skipped] = []
     names = sorted(p.name for p in list_images(root / "class_0", skipped))
-    assert names == ["img_0_0.png", "img_0_1.png", "img_0_2.png", "img_0_3.png",
-                     "in_linked_dir.png", "link.png"]
-    assert [s.reason for s in skipped] == ["symlink loop: folder already visited"]
+    assert names == ["img_0_0.png", "img_0_1.png", "img_0_2.png", "img_0_3.png", "link.png"]
+    loop = "symlink loop: points to a folder that contains it"
+    outside = "symlinked folder outside the data folder: not followed"
+    assert skipped == [Skipped(str(root / "class_0" / "linked_dir"), outside),
+                       Skipped(str(root / "class_0" / "loop"), loop)]
     splits = discover(root, 0.0, 0.0)
-    assert len(splits.train) == 6 + 4
+    assert len(splits.train) == 5 + 4
     assert {Path(s.path).name: s.reason for s in splits.skipped} == {
-        "loop": "symlink loop: folder already visited", "broken.png": "broken symlink"}
+        "loop": loop, "linked_dir": outside, "broken.png": "broken symlink"}
+    assert len(splits.skipped) == 3
 
 
 def _expect_data_error(root: Path, match: str, **kw: float) -> DataError:
