@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from graftwork import features as F
+from graftwork.features import engines, pipeline
 from graftwork.backbones import create_backbone
 from graftwork.data import Sample, eval_transform, list_images
 from tests.conftest import TINY, make_image_folder
@@ -73,7 +74,8 @@ def test_onnx_matches_torch_on_efficientnet_lite0(tmp_path: Path) -> None:
     backbone = create_backbone("efficientnet_lite0", "random").eval()
     pre = backbone.spec.preprocessing()
     cache = F.FeatureCache(tmp_path, backbone, pre)
-    run, engine = F.make_runner(backbone, pre, cache, "onnx")
+    run = F.bind_backbone(backbone, pre, cache, "onnx", None)
+    engine = run.name
     x = torch.randint(0, 256, (3, 224, 224, 3), dtype=torch.uint8,
                       generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
@@ -92,7 +94,7 @@ def test_damaged_onnx_file_is_exported_again(tiny_backbone: F.Backbone, images: 
     first = F.extract_features(tiny_backbone, images[:3], pre, tmp_path, **kw)
     (path,) = list(tmp_path.rglob("backbone-*.onnx"))
     path.write_bytes(b"not a model")
-    F._SESSIONS.clear()
+    engines.clear_sessions()
     with caplog.at_level(logging.WARNING):
         second = F.extract_features(tiny_backbone, images, pre, tmp_path, **kw)
     assert second.engine == "onnx" and second.extracted == len(images) - 3
@@ -102,12 +104,12 @@ def test_damaged_onnx_file_is_exported_again(tiny_backbone: F.Backbone, images: 
 
 def test_auto_engine_falls_back_to_torch(tiny_backbone: F.Backbone, images: list[Sample],
                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(F, "_onnx_available", lambda: False)
+    monkeypatch.setattr(engines, "onnx_available", lambda: False)
     res = F.extract_features(tiny_backbone, images, tiny_backbone.spec.preprocessing(32),
                              tmp_path, progress=False, num_workers=0)
     assert res.engine == "torch" and bool(res.ok.all())
     with pytest.raises(ValueError, match="unknown engine"):
-        F.make_runner(tiny_backbone, {}, F.FeatureCache(tmp_path, tiny_backbone, {}), "tpu")
+        F.create_engine("tpu")
 
 
 def test_auto_engine_skips_the_export_for_small_jobs(tiny_backbone: F.Backbone,
@@ -128,7 +130,7 @@ def test_cache_hits_need_no_decode(tiny_backbone: F.Backbone, images: list[Sampl
         raise AssertionError("a cached image was decoded")
 
     monkeypatch.setattr("graftwork.data.load_image", no_decode)
-    monkeypatch.setattr(F, "make_runner", no_decode)
+    monkeypatch.setattr(pipeline, "bind_backbone", no_decode)
     again = F.extract_features(tiny_backbone, images, pre, tmp_path, progress=False)
     assert again.extracted == 0 and again.cached == len(images) and again.engine == ""
     assert torch.equal(first.features, again.features)
@@ -163,7 +165,7 @@ def test_corrupt_shard_is_caught_after_an_earlier_read_in_the_same_process(
 
 @pytest.mark.parametrize(("n", "batch"), [(0, 64), (5, 64), (33, 64), (200, 64), (100, 16)])
 def test_index_batches_cover_every_image_once(n: int, batch: int) -> None:
-    batches = list(F._IndexBatches(n, batch))
+    batches = list(F.IndexBatches(n, batch))
     assert [i for b in batches for i in b] == list(range(n)) and len(batches) == len(
-        F._IndexBatches(n, batch))
+        F.IndexBatches(n, batch))
     assert all(len(b) <= batch for b in batches)

@@ -1,0 +1,23 @@
+"""Feature extraction with an on-disk cache: one module per job.
+
+- :mod:`.cache` — shards of features keyed by image content, checksummed, shared by processes
+- :mod:`.decode` — uint8 resize + crop in workers, normalisation in the engine
+- :mod:`.engines` — what runs a network: ONNX Runtime, eager torch, or the automatic choice
+- :mod:`.pipeline` — ``extract_features``: digests, cache look-ups, decoding, the engine, shards
+"""
+from __future__ import annotations
+
+from graftwork._digests import file_digest
+from graftwork.features.cache import FeatureCache, default_cache_dir
+from graftwork.features.decode import FastEvalTransform, FromPixels, Normalize, resize_size
+from graftwork.features.engines import (ENGINES, AutoEngine, Engine, OnnxEngine, Runner,
+                                        TorchEngine, create_engine, export_onnx, onnx_available,
+                                        ort_session)
+from graftwork.features.pipeline import (ExtractResult, IndexBatches, bind_backbone,
+                                         default_workers, extract_features)
+
+__all__ = ["FeatureCache", "default_cache_dir", "FastEvalTransform", "FromPixels", "Normalize",
+           "resize_size", "ENGINES", "AutoEngine", "Engine", "OnnxEngine", "Runner",
+           "TorchEngine", "create_engine", "export_onnx", "onnx_available", "ort_session",
+           "ExtractResult", "IndexBatches", "bind_backbone", "default_workers",
+           "extract_features", "file_digest"]

@@ -1,0 +1,153 @@
+"""The feature cache: safetensors shards of backbone features keyed by image content.
+
+Features live under ``cache_root/features/<model key>/``, where the model key hashes (backbone,
+weights digest, preprocessing) and each row is keyed by the sha256 of the image file's bytes (or,
+for augmented views, of the file plus the view's recipe). Shards are written atomically and carry
+a checksum checked on load; a bad shard is deleted and its images are extracted again. Several
+processes may fill one cache at once: every writer makes shards of its own (unique names), and
+the index is rebuilt from the shards, so no entry is ever lost.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from graftwork.rundir import atomic_file
+
+__all__ = ["FeatureCache", "default_cache_dir", "SHARD_ROWS"]
+
+log = logging.getLogger(__name__)
+SHARD_ROWS = 2048
+_VERIFIED: dict[tuple[str, int, int], bytes] = {}  # verified shard -> its row digests
+
+
+def default_cache_dir() -> Path:
+    """``$GRAFT_CACHE_DIR`` or ``~/.cache/graftwork``."""
+    env = os.environ.get("GRAFT_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "graftwork"
+
+
+def _checksum(features: torch.Tensor, digests: torch.Tensor) -> str:
+    h = hashlib.sha256(features.contiguous().numpy().tobytes())
+    h.update(digests.contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """The shards of one (backbone, weights, preprocessing) combination."""
+
+    def __init__(self, root: str | Path, backbone: Any, preprocessing: dict[str, Any]) -> None:
+        key = json.dumps({"backbone": backbone.spec.name, "arch": backbone.spec.arch,
+                          "weights": backbone.weights.digest, "pre": preprocessing},
+                         sort_keys=True)
+        self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
+        self.dir = Path(root) / "features" / self.key
+        self.dim = backbone.feature_dim
+        self._index: dict[bytes, tuple[Path, int]] | None = None
+        self._loaded: dict[Path, torch.Tensor] = {}
+
+    def _read_shard(self, path: Path) -> tuple[torch.Tensor, torch.Tensor] | None:
+        try:
+            tensors = load_file(str(path))
+            with safe_open(str(path), "pt") as fh:
+                meta = fh.metadata() or {}
+            feats, digests = tensors["features"], tensors["digests"]
+            if meta.get("checksum") != _checksum(feats, digests) or feats.shape[1] != self.dim:
+                raise ValueError("checksum mismatch")
+            return feats, digests
+        except FileNotFoundError:  # another process replaced it meanwhile
+            return None
+        except (SafetensorError, ValueError, KeyError, OSError, RuntimeError) as exc:
+            log.warning("feature cache shard %s is corrupt (%s): deleting it, will re-extract",
+                        path.name, exc)
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # a read-only cache: the shard stays, and is not used
+                pass
+            return None
+
+    def index(self, refresh: bool = False) -> dict[bytes, tuple[Path, int]]:
+        """digest -> (shard, row) for every verified shard (``refresh`` re-reads the folder,
+        e.g. to see shards another process wrote)."""
+        if self._index is None or refresh:
+            self._index = {}
+            for path in sorted(self.dir.glob("shard-*.safetensors")):
+                raw = self._verified_digests(path)
+                for row in range(len(raw) // 32):
+                    self._index[raw[row * 32:(row + 1) * 32]] = (path, row)
+        return self._index
+
+    def _verified_digests(self, path: Path) -> bytes:
+        """The row digests of a shard whose checksum holds (b"" if it is corrupt); a shard
+        verified earlier in this process (same size and mtime) is not read again."""
+        try:
+            st = path.stat()
+        except OSError:
+            return b""
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        raw = _VERIFIED.get(key)
+        if raw is None:
+            shard = self._read_shard(path)
+            if shard is None:
+                return b""
+            raw = _VERIFIED[key] = shard[1].contiguous().numpy().tobytes()
+        return raw
+
+    def _shard(self, path: Path) -> torch.Tensor:
+        if path not in self._loaded:
+            self._loaded[path] = load_file(str(path))["features"]
+        return self._loaded[path]
+
+    def get(self, digest: bytes) -> torch.Tensor | None:
+        hit = self.index().get(digest)
+        return None if hit is None else self._shard(hit[0])[hit[1]]
+
+    def gather(self, digests: Sequence[bytes | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, found): one row per digest, zeros where it is not cached."""
+        index = self.index()
+        by_shard: dict[Path, tuple[list[int], list[int]]] = {}
+        for i, d in enumerate(digests):
+            hit = index.get(d) if d is not None else None
+            if hit is not None:
+                pos, rows = by_shard.setdefault(hit[0], ([], []))
+                pos.append(i)
+                rows.append(hit[1])
+        out = torch.zeros(len(digests), self.dim)
+        found = torch.zeros(len(digests), dtype=torch.bool)
+        for path, (pos, rows) in by_shard.items():
+            out[pos] = self._shard(path)[rows]
+            found[pos] = True
+        return out, found
+
+    def write_shard(self, features: torch.Tensor, digests: list[bytes]) -> Path | None:
+        """Write one shard atomically and add it to the index. A cache that cannot be written
+        (read-only, full) keeps the rows in memory only: warned once, never fatal."""
+        feats = features.detach().to(torch.float32).contiguous()
+        dig = torch.tensor([list(d) for d in digests], dtype=torch.uint8)
+        path = self.dir / f"shard-{time.time_ns()}-{os.getpid()}.safetensors"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with atomic_file(path) as tmp:
+                save_file({"features": feats, "digests": dig}, tmp,
+                          metadata={"checksum": _checksum(feats, dig)})
+        except (OSError, SafetensorError, RuntimeError) as exc:
+            if not getattr(self, "_warned", False):
+                log.warning("feature cache %s cannot be written (%s): keeping features in "
+                            "memory for this run", self.dir, exc)
+                self._warned = True
+            path = self.dir / f"memory-{len(self._loaded)}-{time.time_ns()}"
+        self._loaded[path] = feats
+        index = self.index()
+        for row, d in enumerate(digests):
+            index[d] = (path, row)
+        return path

@@ -1,0 +1,76 @@
+"""Decoding for the inference engines: resize + centre crop on uint8 tensors, normalisation in the
+engine (or inside an exported graph).
+
+Workers ship uint8 HWC images (4x fewer bytes than float); :class:`Normalize` turns a uint8 NHWC
+batch into the network's float NCHW input with the same operations, in the same order, as
+``data.eval_transform``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["FastEvalTransform", "Normalize", "FromPixels", "resize_size"]
+
+
+def resize_size(pre: dict[str, Any]) -> int:
+    """The short side ``eval_transform`` resizes to before its centre crop."""
+    return int(round(int(pre["image_size"]) / pre.get("crop_pct", 1.0)))
+
+
+class FastEvalTransform:
+    """``eval_transform``'s resize + centre crop on the image as a uint8 tensor; uint8 HWC out.
+
+    torchvision runs the same ``Resize``/``CenterCrop`` on a uint8 tensor with its native
+    (AVX2) antialiased resampler, about 4x faster than on a PIL image; pixels agree with the PIL
+    path within a few grey levels on rare pixels (mean difference ~0.005 levels).
+    """
+
+    def __init__(self, pre: dict[str, Any]) -> None:
+        from torchvision.transforms import InterpolationMode
+
+        self.size = int(pre["image_size"])
+        self.resize = resize_size(pre)
+        self.interpolation = InterpolationMode(pre.get("interpolation", "bilinear"))
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as TF
+
+        if isinstance(img, np.ndarray):
+            x = torch.from_numpy(img).permute(2, 0, 1)
+        else:
+            if img.mode != "RGB":
+                img = img.convert("RGB")
+            x = torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1)  # CHW view
+        x = TF.resize(x, [self.resize], interpolation=self.interpolation, antialias=True)
+        x = TF.center_crop(x, [self.size, self.size])
+        return x.permute(1, 2, 0).contiguous()
+
+
+class Normalize(nn.Module):
+    """uint8 NHWC batch -> float NCHW (channels_last), scaled to 0..1 and normalised."""
+
+    def __init__(self, pre: dict[str, Any]) -> None:
+        super().__init__()
+        for name in ("mean", "std"):
+            value = torch.tensor(pre[name], dtype=torch.float32)
+            self.register_buffer(name, value.view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.permute(0, 3, 1, 2).to(torch.float32).mul(1.0 / 255)
+        return x.sub(self.mean).div(self.std)
+
+
+class FromPixels(nn.Module):
+    """A network on uint8 NHWC pixels: what the engines run and what gets exported."""
+
+    def __init__(self, module: nn.Module, pre: dict[str, Any]) -> None:
+        super().__init__()
+        self.normalize = Normalize(pre)
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.module(self.normalize(x))

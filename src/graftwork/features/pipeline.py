@@ -1,0 +1,217 @@
+"""Feature extraction: images -> backbone features, through the cache.
+
+DataLoader workers decode (JPEG ``draft``) and resize + crop on uint8 tensors; the main process
+runs the frozen backbone on an engine (:mod:`.engines`), normalisation included. Only images
+whose content is not cached yet are decoded. See ``bench/results.md`` for the numbers.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from graftwork._digests import file_digests
+from graftwork.data import ImageDataset, Sample, Skipped, collate_skip
+from graftwork.errors import BadImageError
+from graftwork.features.cache import SHARD_ROWS, FeatureCache, default_cache_dir
+from graftwork.features.decode import FastEvalTransform, FromPixels, resize_size
+from graftwork.features.engines import Engine, Runner, create_engine
+
+__all__ = ["ExtractResult", "extract_features", "default_workers", "bind_backbone",
+           "IndexBatches", "Gated"]
+
+log = logging.getLogger(__name__)
+
+
+def default_workers() -> int:
+    """DataLoader workers for training batches: decode in parallel, leave a core to compute."""
+    return max(1, min(4, (os.cpu_count() or 1) - 1))
+
+
+def extract_workers() -> int:
+    """Decode processes for extraction: one per core (up to 4); they never overlap compute."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass
+class ExtractResult:
+    """Features of every sample (zeros where ``ok`` is False) and what happened."""
+
+    features: torch.Tensor | None
+    ok: torch.Tensor
+    skipped: list[Skipped] = field(default_factory=list)
+    extracted: int = 0
+    cached: int = 0
+    seconds: float = 0.0
+    engine: str = ""  # what ran the backbone ("" when nothing was extracted)
+
+
+def _strict_fail(skipped: Sequence[Skipped]) -> None:
+    raise BadImageError(f"{skipped[0].path}: {skipped[0].reason}",
+                        "fix or remove the file, or run without --strict")
+
+
+def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: dict[str, Any],
+                     cache_root: str | Path | None = None, *, batch_size: int = 64,
+                     num_workers: int | None = None, progress: bool = True, strict: bool = False,
+                     materialize: bool = True, desc: str = "extract",
+                     engine: str | Engine | None = None) -> ExtractResult:
+    """Features of ``samples``, from the cache where possible, extracting (and caching) the rest.
+
+    ``backbone`` is a ``Backbone`` or a prepared record (built only if something must be
+    extracted). ``materialize=False`` only fills the cache (memory stays flat). ``engine`` is an
+    :class:`Engine` or a name (default ``$GRAFT_ENGINE`` or ``"auto"``); engines agree ~1e-5.
+    Every sample whose file cannot be used is in ``skipped`` (also several files with the same
+    bad content).
+    """
+    start = time.perf_counter()
+    root = Path(cache_root or default_cache_dir())
+    cache = FeatureCache(root, backbone, preprocessing)
+    digests = file_digests([s.path for s in samples], root)
+    skipped = [Skipped(s.path, "cannot read file") for s, d in zip(samples, digests) if d is None]
+    if skipped and strict:
+        _strict_fail(skipped)
+    index = cache.index()
+    first: dict[bytes, int] = {}  # one extraction per distinct file content
+    for i, d in enumerate(digests):
+        if d is not None and d not in index:
+            first.setdefault(d, i)
+    todo = list(first.values())
+    if todo and hasattr(backbone, "module"):
+        backbone = backbone.module()  # a prepared record: only now is the network needed
+    bad, used = _run_extraction(backbone, cache, [samples[i] for i in todo],
+                                [digests[i] for i in todo], preprocessing, batch_size,
+                                num_workers, progress, desc, engine)
+    if bad and strict:
+        _strict_fail([Skipped(samples[todo[i]].path, r) for i, r in bad])
+    if bad:  # files with the same bad bytes as one that failed are skipped too, each listed
+        reasons = {digests[todo[i]]: r for i, r in bad}
+        skipped += [Skipped(s.path, reasons[d]) for s, d in zip(samples, digests)
+                    if d in reasons]
+    n_bad = len(bad)
+    if materialize:
+        features, ok = cache.gather(digests)
+    else:
+        index = cache.index()
+        features = None
+        ok = torch.tensor([d is not None and d in index for d in digests], dtype=torch.bool)
+    result = ExtractResult(features, ok, skipped, len(todo) - n_bad, len(samples) - len(todo),
+                           time.perf_counter() - start, used)
+    log.info("%s: %d images, %d from cache, %d extracted, %d skipped in %.1fs", desc,
+             len(samples), result.cached, result.extracted, len(skipped), result.seconds)
+    return result
+
+
+def bind_backbone(backbone: Any, preprocessing: dict[str, Any], cache: FeatureCache,
+                  engine: str | Engine | None, images: int | None) -> Runner:
+    """The frozen ``backbone`` on uint8 pixels, bound to an engine (exports kept in the cache)."""
+    from graftwork._weights import state_digest
+
+    size = int(preprocessing["image_size"])
+    probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    key = f"backbone-{state_digest(backbone.state_dict())}"
+    return create_engine(engine).bind(FromPixels(backbone, preprocessing), probe, cache.dir,
+                                      key, images)
+
+
+def _run_extraction(backbone: Any, cache: FeatureCache, samples: list[Sample],
+                    digests: list[bytes | None], preprocessing: dict[str, Any], batch_size: int,
+                    num_workers: int | None, progress: bool, desc: str,
+                    engine: str | Engine | None) -> tuple[list[tuple[int, str]], str]:
+    """Extract features of ``samples`` in batches, writing shards as they fill up; returns the
+    failures as (position, reason) and the engine's name. Decode workers (one per core) and the
+    backbone take turns, see :class:`Gated`."""
+    if not samples:
+        return [], ""
+    workers = extract_workers() if num_workers is None else num_workers
+    dataset: Any = ImageDataset(samples, FastEvalTransform(preprocessing),
+                                draft_size=resize_size(preprocessing))
+    gate = context = None
+    if workers:
+        import multiprocessing
+
+        context = multiprocessing.get_context()
+        gate = context.Event()
+        gate.set()
+        dataset = Gated(dataset, gate)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=IndexBatches(len(samples), batch_size), num_workers=workers,
+        collate_fn=collate_skip, prefetch_factor=4 if workers else None,
+        multiprocessing_context=context)
+    was_training = backbone.training
+    backbone.eval()
+    batches = None
+    try:
+        batches = iter(loader)  # workers start decoding while the engine gets ready
+        run = bind_backbone(backbone, preprocessing, cache, engine, len(samples))
+        bad: list[tuple[int, str]] = []
+        buf_feats: list[torch.Tensor] = []
+        buf_digests: list[bytes] = []
+        with torch.inference_mode(), tqdm(total=len(samples), desc=desc, unit="img",
+                                          disable=not progress, leave=False) as bar:
+            for batch in batches:
+                bad += batch["failures"]
+                if len(batch["indices"]):
+                    if gate is not None:
+                        gate.clear()  # workers finish the image in hand, then wait
+                    buf_feats.append(run(batch["images"]))
+                    if gate is not None:
+                        gate.set()
+                    buf_digests += [digests[i] for i in batch["indices"].tolist()]  # type: ignore[misc]
+                if len(buf_digests) >= SHARD_ROWS:
+                    cache.write_shard(torch.cat(buf_feats), buf_digests)
+                    buf_feats, buf_digests = [], []
+                bar.update(len(batch["indices"]) + len(batch["failures"]))
+        if buf_digests:
+            cache.write_shard(torch.cat(buf_feats), buf_digests)
+    finally:
+        if gate is not None:
+            gate.set()  # never leave workers waiting: they must see the shutdown
+        del batches
+        backbone.train(was_training)
+    return [(i, r) for i, r in bad], run.name
+
+
+class IndexBatches:
+    """Index batches of ``batch_size`` (made lazily: memory stays flat), the first one smaller
+    so that computing starts sooner."""
+
+    def __init__(self, n: int, batch_size: int, first: int = 32) -> None:
+        first = min(first, batch_size)
+        self.n = n
+        self.bounds = [0, *range(first, n, batch_size)] if n else []
+
+    def __iter__(self) -> Any:
+        ends = self.bounds[1:] + [self.n] if self.bounds else []
+        return (list(range(a, b)) for a, b in zip(self.bounds, ends))
+
+    def __len__(self) -> int:
+        return len(self.bounds)
+
+
+class Gated(torch.utils.data.Dataset):
+    """A dataset whose items wait for ``gate``, which the main process clears while computing.
+
+    Workers then decode only while the backbone is not running, each on a core of its own: on a
+    small CPU, decoding beside the forward pass time-slices it, which costs more than the
+    decoding; processes rather than threads, so no GIL to share (bench/results.md).
+    """
+
+    def __init__(self, dataset: Any, gate: Any) -> None:
+        self.dataset = dataset
+        self.gate = gate
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        self.gate.wait()
+        return self.dataset[index]
