@@ -12,14 +12,10 @@ from typing import Any, TypeVar
 
 from graftwork.errors import RunDirError
 from graftwork.report._format import to_float, to_int
+from graftwork.rundir import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE,
+                              SUMMARY_FILE)
 
 log = logging.getLogger(__name__)
-
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-HISTORY_FILE = "history.csv"
-PREDICTIONS_FILE = "predictions_test.csv"
-SUMMARY_FILE = "summary.txt"
 
 #: What reading a run's file can raise: I/O, bad encoding, bad JSON, bad CSV.
 _UNREADABLE = (OSError, UnicodeDecodeError, json.JSONDecodeError, csv.Error)
