@@ -1,26 +1,30 @@
-"""The self-contained ``report.html`` page: plots embedded as base64 data URIs, no JavaScript
-and no external URLs, so the page can be moved or mailed on its own."""
+"""The self-contained ``report.html`` page: charts inlined as SVG and top-loss thumbnails as
+``data:`` URIs, no JavaScript and no external URLs, so the page can be moved or mailed on its
+own. Each chart is also written as ``plots/<name>.svg``."""
 from __future__ import annotations
 
-import base64
 import html
 import json
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from graftwork.report._format import (descending, fmt, fmt_acc, fmt_cell, fmt_int, fmt_seconds,
-                                      fmt_share, pretty, ratio, to_int)
+                                      fmt_share, pretty, ratio, to_float, to_int)
 from graftwork.report._metrics import Evaluation, evaluate
-from graftwork.report._plots import check_smoothing, phase_segments, plot_curves
+from graftwork.report._plots import (calibration_of, check_smoothing, curve_charts,
+                                     phase_segments, reliability_chart)
 from graftwork.report._run import Run, backbone_name, load_run, section_of
+from graftwork.report._svg import SVG_CSS, Chart
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
-PLOT_FILES = ("curves_accuracy.png", "curves_loss.png", "confusion_matrix.png", "top_losses.png")
+#: Files in ``plots/`` that a build replaces: its charts, and the PNG plots of older versions.
+STALE_PLOTS = ("*.svg", "*.png")
 
 
 # --------------------------------------------------------------------------- HTML helpers
@@ -43,7 +47,8 @@ section { background: #fff; border: 1px solid #dde1e7; border-radius: 8px;
 nav a { margin-right: 14px; color: #2459a6; text-decoration: none; font-size: 0.95em; }
 .cards { display: flex; flex-wrap: wrap; gap: 12px; }
 .card { background: #fff; border: 1px solid #dde1e7; border-radius: 8px; padding: 10px 16px;
-        flex: 1 1 110px; }
+        flex: 1 1 auto; min-width: 110px; max-width: 300px; }
+nav { margin-top: 12px; }
 .card .label { color: #5b6573; font-size: 0.8em; text-transform: uppercase; letter-spacing: .04em; }
 .card .value { font-size: 1.35em; font-weight: 600; word-break: break-word; }
 table { border-collapse: collapse; margin: 6px 0 10px; font-size: 0.93em; }
@@ -53,15 +58,29 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 tr.best td { font-weight: 700; background: #eef7ee; }
 .verdict { font-weight: 700; }
 .verdict.bad { color: #b42318; } .verdict.ok { color: #1e7b34; }
-img { max-width: 100%; height: auto; border: 1px solid #eef1f5; }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(440px, 1fr)); gap: 12px; }
-.plots img { width: 100%; }
-img.confusion { max-width: 820px; }
+figure { margin: 0; }
+svg.chart { display: block; max-width: 100%; height: auto; }
+.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(420px, 1fr)); gap: 14px; }
+.plots svg.chart { width: 100%; }
+figure.chart { overflow-x: auto; }
+.side { display: flex; flex-wrap: wrap; gap: 24px; align-items: flex-start; }
+.losses { display: grid; grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)); gap: 12px; }
+figure.loss { border: 1px solid #dde1e7; border-radius: 6px; padding: 6px; background: #fafbfc;
+              min-width: 0; }
+figure.loss img, figure.loss .missing { display: block; width: 100%; aspect-ratio: 1;
+              object-fit: contain; background: #111827; border-radius: 3px; }
+figure.loss img { image-rendering: pixelated; }
+figure.loss .missing { background: #d1d5db; color: #4b5563; font-size: 0.85em;
+                       display: flex; align-items: center; justify-content: center; }
+figure.loss figcaption { font-size: 0.8em; margin-top: 5px; line-height: 1.3; }
+figure.loss figcaption span { display: block; overflow: hidden; text-overflow: ellipsis;
+                              white-space: nowrap; }
+figure.loss .true b { color: #1e7b34; } figure.loss .pred b { color: #b42318; }
+figure.loss .prob { color: #5b6573; font-variant-numeric: tabular-nums; }
 pre, code { font-family: "DejaVu Sans Mono", Menlo, Consolas, "Liberation Mono", monospace; }
 pre { background: #f3f4f6; border: 1px solid #dde1e7; padding: 10px; overflow-x: auto;
       font-size: 0.8em; line-height: 1.35; white-space: pre; }
 code { font-size: 0.85em; word-break: break-word; }
-img.wide { max-width: 900px; }
 details summary { cursor: pointer; color: #2459a6; margin: 6px 0; }
 .muted { color: #5b6573; }
 """
@@ -101,13 +120,9 @@ def _section(anchor: str, title: str, body: str) -> str:
     return f'<section id="{anchor}"><h2>{_e(title)}</h2>{body}</section>'
 
 
-def _data_uri(path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
-
-
-def _img(path: Path, alt: str, css_class: str = "") -> str:
-    cls = f' class="{css_class}"' if css_class else ""
-    return f'<img{cls} src="{_data_uri(path)}" alt="{_e(alt)}">'
+def _figure(chart: Chart) -> str:
+    """A chart inlined as SVG."""
+    return f'<figure class="chart" id="chart-{_e(chart.name)}">{chart.inline()}</figure>'
 
 
 # --------------------------------------------------------------------------- sections
@@ -129,6 +144,11 @@ def _header(run: Run, evaluation: Evaluation | None) -> str:
              ("classes", str(len(run.classes)) if run.classes else "-")]
     if metrics.get("skipped"):
         cards.append(("skipped images", fmt_int(metrics["skipped"])))
+    calibration = calibration_of(metrics)
+    if calibration is not None:
+        eces = [to_float(calibration.get(k)) for k in ("ece_before", "ece_after")]
+        cards.append(("ECE before \u2192 after",
+                      " \u2192 ".join(f"{e:.3f}" if math.isfinite(e) else "-" for e in eces)))
     created = f" &middot; created {_e(config['created'])}" if config.get("created") else ""
     return (f"<header><h1>graftwork run: {_e(run.name)}</h1>"
             f'<p class="subtitle">{_e(run.path.resolve())}{created}</p>'
@@ -230,16 +250,16 @@ def _details(summary: str, data: Mapping[str, Any]) -> str:
     return f"<details><summary>{_e(summary)}</summary><pre>{_e(text)}</pre></details>"
 
 
-def _curves_section(curves: Sequence[Path], run: Run) -> str:
+def _curves_section(curves: Sequence[Chart], run: Run) -> str:
     if not curves:
         return ""
-    images = "".join(_img(p, p.stem.replace("_", " ")) for p in curves)
+    charts = "".join(_figure(chart) for chart in curves)
     phases = [name for name, _, _ in phase_segments(run.history)]
     sequence = " \u2192 ".join(phases)
     note = (f'<p class="muted">{len(run.history)} epochs over {len(phases)} phase(s): '
             f"{_e(sequence)}. Dots are raw values, lines are smoothed per phase; "
             "dashed lines mark phase boundaries.</p>")
-    return _section("curves", "Training curves", note + f'<div class="plots">{images}</div>')
+    return _section("curves", "Training curves", note + f'<div class="plots">{charts}</div>')
 
 
 def _eval_section(evaluation: Evaluation | None) -> str:
@@ -257,10 +277,30 @@ def _eval_section(evaluation: Evaluation | None) -> str:
     table = _table(["class", "precision", "recall", "F1", "support"], rows,
                    [False, True, True, True, True])
     parts = [summary, "<h3>Per-class metrics</h3>", table, "<h3>Confusion matrix</h3>",
-             _img(evaluation.confusion_png, "confusion matrix", "confusion")]
-    if evaluation.top_losses_png is not None:
-        parts += ["<h3>Top losses</h3>", _img(evaluation.top_losses_png, "top losses", "wide")]
+             _figure(evaluation.confusion)]
+    if evaluation.top_losses_html is not None:
+        parts += ["<h3>Top losses</h3>",
+                  '<p class="muted">The most confidently wrong test images, most confident '
+                  "first.</p>", evaluation.top_losses_html]
     return _section("test", "Test evaluation", "".join(parts))
+
+
+def _calibration_section(run: Run, reliability: Chart | None) -> str:
+    calibration = calibration_of(run.metrics)
+    if calibration is None:
+        return ""
+    fields = {"temperature": calibration.get("temperature"),
+              "ECE before": calibration.get("ece_before"),
+              "ECE after": calibration.get("ece_after")}
+    rows = [[_e(k), _e(fmt_acc(v))] for k, v in fields.items() if v is not None]
+    note = ('<p class="muted">Expected calibration error (ECE): the gap between confidence and '
+            "accuracy, averaged over confidence bins; temperature scaling divides the logits by "
+            "T. Bars on the diagonal are perfectly calibrated.</p>")
+    parts = [_table(["field", "value"], rows, [False, True])]
+    if reliability is not None:
+        parts.append(_figure(reliability))
+    return _section("calibration", "Calibration",
+                    note + f'<div class="side">{"".join(parts)}</div>')
 
 
 KNOWN_CONFIG_KEYS = ("backbone", "strategy", "classes", "weights", "preprocessing",
@@ -297,13 +337,16 @@ def _nav(links: Sequence[tuple[str, str]]) -> str:
 
 # --------------------------------------------------------------------------- the page
 
-def render_html(run: Run, curves: Sequence[Path] = (), evaluation: Evaluation | None = None) -> str:
-    """The report page for ``run``; ``curves`` and ``evaluation`` supply the plots."""
+def render_html(run: Run, curves: Sequence[Chart] = (), evaluation: Evaluation | None = None,
+                reliability: Chart | None = None) -> str:
+    """The report page for ``run``; ``curves``, ``evaluation`` and ``reliability`` supply the
+    charts."""
     sections = [("ladder", "Ladder", _ladder_section(run)),
                 ("params", "Parameters", _params_section(run)),
                 ("bn", "BatchNorm", _bn_section(run)),
                 ("curves", "Curves", _curves_section(curves, run)),
                 ("test", "Test evaluation", _eval_section(evaluation)),
+                ("calibration", "Calibration", _calibration_section(run, reliability)),
                 ("config", "Configuration", _config_section(run)),
                 ("summary", "Model summary", _summary_section(run))]
     present = [(anchor, title, html_) for anchor, title, html_ in sections if html_]
@@ -311,12 +354,12 @@ def render_html(run: Run, curves: Sequence[Path] = (), evaluation: Evaluation | 
             + "".join(html_ for _, _, html_ in present))
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>graftwork report: {_e(run.name)}</title><style>{CSS}</style></head>"
+            f"<title>graftwork report: {_e(run.name)}</title><style>{CSS}{SVG_CSS}</style></head>"
             f"<body><main>{body}</main></body></html>\n")
 
 
 def build_report(run_dir: str | Path, smoothing: float = 0.8) -> Path:
-    """Write ``plots/*.png`` and a self-contained ``report.html`` into ``run_dir``.
+    """Write ``plots/*.svg`` and a self-contained ``report.html`` into ``run_dir``.
 
     Optional files that are missing simply leave their section out. Raises
     :class:`RunDirError` when ``run_dir`` is not a run directory.
@@ -325,11 +368,18 @@ def build_report(run_dir: str | Path, smoothing: float = 0.8) -> Path:
     run = load_run(run_dir)
     plots_dir = run.path / PLOTS_DIR
     plots_dir.mkdir(exist_ok=True)
-    for name in PLOT_FILES:  # a plot this run no longer warrants must not linger from a rebuild
-        (plots_dir / name).unlink(missing_ok=True)
-    curves = plot_curves(run.history, plots_dir, smoothing)
-    evaluation = evaluate(run, plots_dir) if run.predictions else None
+    for pattern in STALE_PLOTS:  # a chart this run no longer warrants must not linger
+        for stale in plots_dir.glob(pattern):
+            stale.unlink(missing_ok=True)
+    curves = curve_charts(run.history, smoothing)
+    evaluation = evaluate(run) if run.predictions else None
+    calibration = calibration_of(run.metrics)
+    reliability = reliability_chart(calibration) if calibration is not None else None
+    charts = [*curves, *([evaluation.confusion] if evaluation else []),
+              *([reliability] if reliability else [])]
+    for chart in charts:
+        chart.write(plots_dir)
     out = run.path / REPORT_FILE
-    out.write_text(render_html(run, curves, evaluation), encoding="utf-8")
+    out.write_text(render_html(run, curves, evaluation, reliability), encoding="utf-8")
     log.info("wrote %s", out)
     return out

@@ -4,14 +4,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from graftwork.report._format import ratio
-from graftwork.report._plots import all_classes, confusion_matrix, plot_confusion, plot_top_losses
 from graftwork.report._run import Run
+from graftwork.report._svg import Chart
+from graftwork.report._testcharts import (all_classes, confusion_chart, confusion_matrix,
+                                          top_losses_grid)
 
 
 def per_class_metrics(labels: Sequence[str], preds: Sequence[str],
@@ -40,18 +41,18 @@ def per_class_metrics(labels: Sequence[str], preds: Sequence[str],
 
 @dataclass
 class Evaluation:
-    """Test-split results computed from ``predictions_test.csv``."""
+    """Test-split results computed from ``predictions_test.csv``: metrics, the confusion
+    matrix chart and the top-losses grid (HTML; None when no prediction is wrong)."""
 
     metrics: dict[str, Any]
     mean_loss: float
     n_wrong: int
-    confusion_png: Path
-    top_losses_png: Path | None
+    confusion: Chart
+    top_losses_html: str | None
 
 
-def evaluate(run: Run, plots_dir: str | Path) -> Evaluation:
-    """Score ``run.predictions`` and draw the confusion matrix and top losses into ``plots_dir``."""
-    plots_dir = Path(plots_dir)
+def evaluate(run: Run, n_top_losses: int = 16) -> Evaluation:
+    """Score ``run.predictions`` and build the confusion matrix and the top-losses grid."""
     labels = [str(r["label"]) for r in run.predictions]
     preds = [str(r["pred"]) for r in run.predictions]
     losses = [r["loss"] for r in run.predictions if math.isfinite(r["loss"])]
@@ -59,6 +60,6 @@ def evaluate(run: Run, plots_dir: str | Path) -> Evaluation:
         metrics=per_class_metrics(labels, preds, run.classes),
         mean_loss=float(np.mean(losses)) if losses else math.nan,
         n_wrong=sum(t != p for t, p in zip(labels, preds, strict=True)),
-        confusion_png=plot_confusion(labels, preds, run.classes, plots_dir),
-        top_losses_png=plot_top_losses(run.predictions, plots_dir, base_dir=run.path),
+        confusion=confusion_chart(labels, preds, run.classes),
+        top_losses_html=top_losses_grid(run.predictions, n_top_losses, base_dir=run.path),
     )
