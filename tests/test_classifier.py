@@ -59,14 +59,20 @@ def test_load_missing_run(tmp_path: Path) -> None:
         ImageClassifier.load(tmp_path / "nope")
 
 
+def _phase_config(clf: ImageClassifier, phase: str, n: int):  # type: ignore[no-untyped-def]
+    from graftwork.phases import get_phase
+
+    return get_phase(phase).config(clf.get_params(), n)
+
+
 def test_head_on_cached_features_batches_grow_with_the_data() -> None:
     clf = ImageClassifier()
-    small, big = clf._phase_config("extract", 300), clf._phase_config("extract", 5000)
+    small, big = _phase_config(clf, "extract", 300), _phase_config(clf, "extract", 5000)
     assert (small.batch_size, small.lr) == (32, 1e-3)  # small data: the classic recipe
     assert big.batch_size == 250 and big.lr == pytest.approx(1e-3 * (250 / 32) ** 0.5)
-    assert clf._phase_config("extract", 10**6).batch_size == 256
-    assert clf._phase_config("frozen", 5000).batch_size == 32  # image phases keep --batch-size
-    given = ImageClassifier(lr=5e-4, batch_size=64)._phase_config("extract", 5000)
+    assert _phase_config(clf, "extract", 10**6).batch_size == 256
+    assert _phase_config(clf, "frozen", 5000).batch_size == 32  # image phases keep --batch-size
+    given = _phase_config(ImageClassifier(lr=5e-4, batch_size=64), "extract", 5000)
     assert (given.batch_size, given.lr) == (250, 5e-4)  # a given rate is kept as given
 
 

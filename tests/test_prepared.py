@@ -89,12 +89,12 @@ def test_cached_rerun_builds_no_network_and_matches(tmp_path: Path, weights_file
     data = make_image_folder(tmp_path / "data")
     first = _clf(weights_file, cache_dir).fit(data)
     second = _clf(weights_file, cache_dir).fit(data)
-    assert second.__dict__["_model"] is None  # trained, evaluated without the network
+    assert not second.session_.network_built  # trained, evaluated without the network
     assert second.metrics_["features"] == {"extracted": 0, "cached": 48}
     assert second.history_ == first.history_
     assert second.metrics_["test"] == first.metrics_["test"]
     second.save(tmp_path / "run2")
-    assert second.__dict__["_model"] is None  # saving needs no network either
+    assert not second.session_.network_built  # saving needs no network either
     assert (tmp_path / "run2" / "summary.txt").read_text() == first.summary() + "\n"
     first.save(tmp_path / "run1")
     assert json.loads((tmp_path / "run2" / "config.json").read_text())["backbone"] == \

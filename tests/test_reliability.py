@@ -264,10 +264,10 @@ def _interrupt_at(monkeypatch: pytest.MonkeyPatch, phase: str, epoch: int) -> No
     real = training._train_epoch
 
     def epoch_fn(model: Any, batches: Any, opt: Any, sched: Any, steps: int, desc: str,
-                 progress: bool) -> dict[str, float]:
+                 progress: bool, *rest: Any) -> dict[str, float]:
         if desc.startswith(f"{phase} {epoch}/"):
             raise KeyboardInterrupt
-        return real(model, batches, opt, sched, steps, desc, progress)
+        return real(model, batches, opt, sched, steps, desc, progress, *rest)
 
     monkeypatch.setattr(training, "_train_epoch", epoch_fn)
 

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from graftwork.run import atomic_write_text
+from graftwork.rundir import atomic_write_text
 
 __all__ = ["file_digest", "file_digests"]
 

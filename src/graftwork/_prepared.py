@@ -28,7 +28,7 @@ from graftwork import _weights
 from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone, get_spec,
                                  is_registered)
 from graftwork.model import freeze_backbone, parameter_counts
-from graftwork.run import atomic_file, atomic_write_text
+from graftwork.rundir import atomic_file, atomic_write_text
 from graftwork.summary import backbone_table
 
 __all__ = ["PreparedBackbone", "load_prepared", "store_prepared"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 __all__ = [
     "GraftError", "DataError", "BackboneNotFoundError", "WeightsNotFoundError",
     "NotFittedError", "RunDirError", "ModelFileError", "BadImageError", "ConfigError",
+    "ResumeMismatchError",
 ]
 
 
@@ -52,3 +53,7 @@ class ModelFileError(GraftError):
 
 class ConfigError(GraftError):
     """A parameter value does not fit (e.g. more blocks to unfreeze than the backbone has)."""
+
+
+class ResumeMismatchError(GraftError):
+    """A checkpoint was written for other data or settings than the run being resumed."""

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,7 +15,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from graftwork.run import atomic_file
+from graftwork.callbacks import Callback, dispatch
+from graftwork.rundir import atomic_file
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
            "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads"]
@@ -37,6 +38,7 @@ class TrainConfig:
     patience: int = 5
     seed: int = 0
     batch_size: int = 32
+    label_smoothing: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,13 +153,16 @@ def _atomic_save(obj: dict[str, Any], path: Path) -> None:
         torch.save(obj, tmp)
 
 
-def _load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """A checkpoint saved by ``fit`` (no pickled code runs); ``ModelFileError`` if unusable."""
-    from graftwork.errors import ModelFileError
+def _load_checkpoint(path: Path, model: nn.Module,
+                     fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint saved by ``fit`` (no pickled code runs); ``ModelFileError`` if unusable,
+    ``ResumeMismatchError`` if it was written for other data or settings."""
+    from graftwork.errors import ModelFileError, ResumeMismatchError
 
     fix = f"delete {str(path)!r} (or run without --resume) to start this phase afresh"
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        _check_fingerprint(path, state.get("fingerprint") or {}, fingerprint or {})
         wanted = model.state_dict()
         if set(state["model"]) != set(wanted) or any(
                 state["model"][k].shape != v.shape for k, v in wanted.items()):
@@ -166,7 +171,7 @@ def _load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
         for key in ("optimizer", "rng", "history", "best_state", "best_epoch", "best_val",
                     "epoch", "bad_epochs", "elapsed"):
             state[key]  # noqa: B018  (KeyError if missing)
-    except ModelFileError:
+    except (ModelFileError, ResumeMismatchError):
         raise
     except Exception as exc:  # truncated, tampered, or not a checkpoint at all
         raise ModelFileError(f"checkpoint {str(path)!r} is corrupt: "
@@ -175,16 +180,44 @@ def _load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
     return state
 
 
+def _check_fingerprint(path: Path, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint trained on other data or with other settings."""
+    from graftwork.errors import ResumeMismatchError
+
+    if not wanted:
+        return
+    if not saved:
+        raise ResumeMismatchError(f"checkpoint {str(path)!r} does not say what it was trained on "
+                                  "(written by an older graftwork)",
+                                  "run without --resume (or with --overwrite) to start afresh")
+    differ = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
+    if differ:
+        detail = "; ".join(f"{k}: {_short(saved.get(k))} then, {_short(wanted.get(k))} now"
+                           for k in differ[:4])
+        raise ResumeMismatchError(f"cannot resume: the checkpoint in {str(path.parent)!r} was "
+                                  f"trained on something else ({detail})",
+                                  "resume with the same data and options, or pass --overwrite "
+                                  "to train afresh into this --out")
+
+
+def _short(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         validate: Callable[[], dict[str, float]] | None, cfg: TrainConfig, *,
         param_groups: list[dict[str, Any]] | None = None, steps_per_epoch: int = 1,
         phase: str = "train", progress: bool = True, checkpoint: Path | None = None,
-        resume: bool = False) -> FitResult:
+        resume: bool = False, callbacks: Sequence[Callback] = (),
+        fingerprint: dict[str, Any] | None = None) -> FitResult:
     """Train ``model``; keep the best-validation weights; stop after ``patience`` bad epochs.
 
     ``train_batches(generator)`` yields one epoch of (inputs, labels), shuffled by the seeded
     generator; ``validate()`` returns the validation accuracy and loss (see ``evaluate``). With ``checkpoint``, the full state is saved after every epoch and ``resume``
-    continues from it, giving the same result as an uninterrupted run.
+    continues from it, giving the same result as an uninterrupted run; a checkpoint whose
+    ``fingerprint`` (what it was trained on) differs is refused. Every epoch's row goes to the
+    ``callbacks`` (epochs restored from a checkpoint are replayed to them first).
     """
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     opt = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
@@ -193,7 +226,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
     start_epoch, bad_epochs, elapsed = 1, 0, 0.0
     torch.manual_seed(cfg.seed)
     if resume and checkpoint is not None and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, model)
+        state = _load_checkpoint(checkpoint, model, fingerprint)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
@@ -203,6 +236,8 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         result.best_epoch, result.best_val = state["best_epoch"], state["best_val"]
         start_epoch, bad_epochs, elapsed = state["epoch"] + 1, state["bad_epochs"], state["elapsed"]
         log.info("%s: resuming at epoch %d", phase, start_epoch)
+        for old in result.history:
+            dispatch(callbacks, "on_epoch_end", phase, old)
     t0 = time.perf_counter() - elapsed
     for epoch in range(start_epoch, cfg.epochs + 1):
         if bad_epochs >= cfg.patience:
@@ -210,7 +245,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         row = _train_epoch(model, train_batches(gen), opt, sched, steps_per_epoch,
-                           f"{phase} {epoch}/{cfg.epochs}", progress)
+                           f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing)
         val = validate() if validate is not None else {}
         row = {"phase": phase, "epoch": epoch, **row,
                "val_loss": val.get("loss", ""), "val_accuracy": val.get("accuracy", ""),
@@ -222,15 +257,15 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
             result.best_state = copy.deepcopy(model.state_dict())
         else:
             bad_epochs += 1
-        log.info("%s epoch %d: loss %.4f acc %.4f%s", phase, epoch, row["loss"], row["accuracy"],
-                 f" val_loss {val['loss']:.4f} val_acc {val['accuracy']:.4f}" if val else "")
+        dispatch(callbacks, "on_epoch_end", phase, row)
         if checkpoint is not None:
             _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict() if sched is not None else {},
                           "rng": torch.get_rng_state(), "history": result.history,
                           "best_state": result.best_state, "best_epoch": result.best_epoch,
                           "best_val": result.best_val, "epoch": epoch, "bad_epochs": bad_epochs,
-                          "elapsed": time.perf_counter() - t0}, checkpoint)
+                          "elapsed": time.perf_counter() - t0,
+                          "fingerprint": fingerprint or {}}, checkpoint)
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
     result.seconds = time.perf_counter() - t0
@@ -238,7 +273,8 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
 
 
 def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
-                 sched: Any, steps: int, desc: str, progress: bool) -> dict[str, float]:
+                 sched: Any, steps: int, desc: str, progress: bool,
+                 label_smoothing: float = 0.0) -> dict[str, float]:
     model.train()
     loss_sum, correct, n = 0.0, 0, 0
     with tqdm(batches, total=steps, desc=desc, unit="batch", disable=not progress,
@@ -247,7 +283,7 @@ def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
             if not len(y):
                 continue
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -1,0 +1,131 @@
+"""Using a fitted model: evaluation on a folder, prediction on files, and the BatchNorm doctor
+and recalibration on a training folder."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from graftwork._fit import score_logits
+from graftwork._session import Session
+from graftwork.data import Sample, Skipped, discover, eval_transform, list_images
+from graftwork.errors import DataError
+
+__all__ = ["folder_samples", "evaluate_folder", "predict_paths", "predict_proba",
+           "doctor", "recalibrate"]
+
+
+def folder_samples(classes: Sequence[str], data: str | Path) -> list[Sample]:
+    """Labelled samples of a folder with one sub-folder per class (``DATA/test`` if present)."""
+    folder = Path(data)
+    if not folder.is_dir():
+        raise DataError(f"folder {str(folder)!r} does not exist", "check the path")
+    if (folder / "test").is_dir():
+        folder = folder / "test"
+    found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    unknown = sorted(set(found) - set(classes))
+    if not found or unknown:
+        raise DataError(f"{str(folder)!r}: class folders {unknown or 'none'} are not among "
+                        f"the model's classes {list(classes)}",
+                        "pass a folder with one sub-folder per class the model knows")
+    skipped: list[Skipped] = []
+    return [Sample(str(p), list(classes).index(c)) for c in found
+            for p in list_images(folder / c, skipped)]
+
+
+def evaluate_folder(session: Session, classes: Sequence[str], data: str | Path) -> dict[str, Any]:
+    """Accuracy and loss on a labelled folder; ``skipped`` counts unusable images."""
+    samples = folder_samples(classes, data)
+    result: dict[str, Any] = score_logits(samples, *session.logits(samples))
+    result["skipped"] = len(samples) - int(result["n"])
+    return result
+
+
+def _paths(inputs: Sequence[str | Path] | str | Path) -> list[str]:
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    paths: list[str] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            paths += [str(f) for f in list_images(p)]
+        elif p.exists():
+            paths.append(str(p))
+        else:
+            raise DataError(f"{str(p)!r} does not exist", "check the path")
+    return paths
+
+
+def predict_proba(session: Session, inputs: Sequence[str | Path] | str | Path
+                  ) -> tuple[list[str], np.ndarray]:
+    """(paths, probabilities (n, classes)); rows of images that cannot be decoded are NaN."""
+    paths = _paths(inputs)
+    logits, ok = session.logits([Sample(p, 0) for p in paths])
+    probs = np.full((len(paths), session.head_outputs()), np.nan, dtype=np.float32)
+    probs[ok.numpy()] = logits.softmax(1).numpy()
+    return paths, probs
+
+
+def predict_paths(session: Session, classes: Sequence[str],
+                  inputs: Sequence[str | Path] | str | Path, top_k: int = 1) -> list[dict[str, Any]]:
+    """Top-k labels and probabilities per image; an ``error`` row for undecodable files."""
+    paths, probs = predict_proba(session, inputs)
+    k = max(1, min(top_k, len(classes)))
+    out = []
+    for path, p in zip(paths, probs):
+        if np.isnan(p).any():
+            out.append({"path": path, "error": "cannot decode image"})
+            continue
+        idx = np.argsort(-p, kind="stable")[:k]
+        out.append({"path": path, "label": classes[int(idx[0])], "prob": float(p[idx[0]]),
+                    "top_k": [{"label": classes[int(i)], "prob": float(p[i])} for i in idx]})
+    return out
+
+
+class _Reiterable:
+    """Batches that can be iterated several times without holding the images in memory."""
+
+    def __init__(self, make: Callable[[], Iterator[Any]]) -> None:
+        self.make = make
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.make())
+
+
+def _train_batches(session: Session, classes: Sequence[str], data: str | Path,
+                   batch_size: int) -> _Reiterable:
+    folder = Path(data) / "train" if (Path(data) / "train").is_dir() else Path(data)
+    splits = discover(folder, val_fraction=0.0, test_fraction=0.0)
+    if splits.classes != list(classes):
+        raise DataError(f"classes in {str(folder)!r} differ from the model's",
+                        "use the same class folders the model was trained on")
+    tf = eval_transform(session.preprocessing)
+    return _Reiterable(lambda: session.image_batches(splits.train, tf, None, batch_size))
+
+
+def doctor(session: Session, classes: Sequence[str], data: str | Path,
+           batch_size: int = 32) -> dict[str, Any]:
+    """BatchNorm train-mode (batch statistics) vs eval-mode accuracy on DATA's images."""
+    from graftwork.bn import diagnose
+
+    return diagnose(session.model, _train_batches(session, classes, data, batch_size)).as_dict()
+
+
+def recalibrate(session: Session, classes: Sequence[str], data: str | Path,
+                batch_size: int = 32) -> dict[str, Any]:
+    """Recompute every BN layer's statistics on DATA's images; eval accuracy before/after."""
+    from graftwork.bn import recalibrate as recal
+    from graftwork.training import evaluate
+
+    batches = _train_batches(session, classes, data, batch_size)
+    before = evaluate(session.model, batches)
+    layers = recal(session.model, batches)
+    after = evaluate(session.model, batches)
+    session.pristine = False
+    with torch.no_grad():
+        session.eval()
+    return {"recalibrated": True, "layers": len(layers), "train_before": before,
+            "train_after": after}

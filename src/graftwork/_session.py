@@ -1,0 +1,166 @@
+"""The fitted model and how to run it: backbone (or its prepared record) + head, the feature
+cache, data loaders, evaluation logits, skipped-file bookkeeping.
+
+While every feature comes from the cache, the backbone network is never built: the session
+holds a prepared record (weights + facts) and builds the network on first use of ``model``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from graftwork._prepared import PreparedBackbone
+from graftwork.backbones import Backbone
+from graftwork.data import ImageDataset, Sample, Skipped, collate_skip, eval_transform
+from graftwork.errors import BadImageError, DataError
+from graftwork.features import ExtractResult, default_workers, extract_features
+from graftwork.model import GraftModel, parameter_counts
+
+__all__ = ["Session"]
+
+
+class Session:
+    """Backbone + head with the options that say how to run them (cache, workers, engine)."""
+
+    def __init__(self, backbone: Backbone | PreparedBackbone, head: nn.Module,
+                 preprocessing: dict[str, Any], *, train_bn: bool = False,
+                 cache_dir: str | None = None, batch_size: int = 32,
+                 num_workers: int | None = None, strict: bool = False, progress: bool = False,
+                 engine: Any = None) -> None:
+        self.head = head
+        self.preprocessing = preprocessing
+        self.train_bn = train_bn
+        self.cache_dir = cache_dir
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.strict = strict
+        self.progress = progress
+        self.engine = engine
+        self.pristine = True  # backbone weights as pretrained: cached features are valid
+        self.skipped: dict[str, str] = {}
+        self.unfrozen_blocks: list[str] = []
+        self.extract_stats = {"extracted": 0, "cached": 0}
+        self._seen: set[str] = set()
+        self._model: GraftModel | None = None
+        self._prepared: PreparedBackbone | None = None
+        if isinstance(backbone, PreparedBackbone):
+            self._prepared = backbone
+        else:
+            self._model = GraftModel(backbone, head, train_bn)
+
+    # ------------------------------------------------------------------ the model
+    @property
+    def model(self) -> GraftModel:
+        """Backbone + head; built from the prepared record on first access."""
+        if self._model is None:
+            assert self._prepared is not None
+            self._model = GraftModel(self._prepared.module(), self.head, self.train_bn)
+            self._model.train(self.head.training)
+        return self._model
+
+    @property
+    def backbone(self) -> Backbone | PreparedBackbone:
+        """The backbone network, or its prepared record while the network is not built."""
+        return self._model.backbone if self._model is not None else self._prepared  # type: ignore[return-value]
+
+    @property
+    def network_built(self) -> bool:
+        return self._model is not None
+
+    def counts(self) -> dict[str, int]:
+        if self._model is not None:
+            return parameter_counts(self._model)
+        head, bb = parameter_counts(self.head), self._prepared.counts  # type: ignore[union-attr]
+        return {k: head[k] + bb[k] for k in head}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        if self._model is not None:
+            return self._model.state_dict()
+        return {**{f"backbone.{k}": v for k, v in self._prepared.state_dict().items()},  # type: ignore[union-attr]
+                **{f"head.{k}": v for k, v in self.head.state_dict().items()}}
+
+    def eval(self) -> None:
+        (self._model if self._model is not None else self.head).eval()
+
+    # ------------------------------------------------------------------ bookkeeping
+    def note_skipped(self, skipped: Sequence[Skipped]) -> None:
+        """Record files that could not be used; any is an error in strict mode."""
+        if skipped and self.strict:
+            raise BadImageError(f"{skipped[0].path}: {skipped[0].reason}",
+                                "fix or remove the file, or run without --strict")
+        for s in skipped:
+            self.skipped.setdefault(s.path, s.reason)
+
+    # ------------------------------------------------------------------ features
+    def extract(self, samples: Sequence[Sample], desc: str) -> ExtractResult:
+        """Backbone features of ``samples`` through the cache; counts and skipped recorded."""
+        res = extract_features(self.backbone, samples, self.preprocessing, self.cache_dir,
+                               batch_size=max(self.batch_size, 32), num_workers=self.num_workers,
+                               progress=self.progress, strict=self.strict, desc=desc,
+                               engine=self.engine)
+        self.note_skipped(res.skipped)
+        new = {s.path for s in samples} - self._seen  # each image counted once per fit
+        self._seen |= new
+        self.extract_stats["extracted"] += res.extracted
+        self.extract_stats["cached"] += max(0, min(res.cached, len(new) - res.extracted))
+        return res
+
+    def features(self, samples: Sequence[Sample], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features, labels) of the usable samples."""
+        res = self.extract(samples, desc)
+        if samples and not bool(res.ok.any()):
+            raise DataError(f"every image was skipped in {desc} ({len(samples)} files; e.g. "
+                            f"{samples[0].path}: {self.skipped.get(samples[0].path, '?')})",
+                            "fix or replace the images, or check --image-size")
+        labels = torch.tensor([s.label for s in samples], dtype=torch.long)
+        return res.features[res.ok], labels[res.ok]  # type: ignore[index]
+
+    # ------------------------------------------------------------------ images
+    def loader(self, samples: Sequence[Sample], transform: Any, batch_size: int,
+               generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
+        """Batches of decoded images (``collate_skip`` dicts), shuffled when given a generator."""
+        workers = default_workers() if self.num_workers is None else self.num_workers
+        return torch.utils.data.DataLoader(
+            ImageDataset(samples, transform, draft_size=self.preprocessing["image_size"]),
+            batch_size=batch_size, shuffle=generator is not None, generator=generator,
+            num_workers=workers if len(samples) > batch_size else 0, collate_fn=collate_skip)
+
+    def image_batches(self, samples: Sequence[Sample], transform: Any,
+                      generator: torch.Generator | None = None, batch_size: int | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) batches in channels_last; bad files noted as skipped."""
+        for batch in self.loader(samples, transform, batch_size or self.batch_size, generator):
+            self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
+            yield batch["images"].contiguous(memory_format=torch.channels_last), batch["labels"]
+
+    def steps(self, n: int, batch_size: int | None = None) -> int:
+        return math.ceil(n / (batch_size or self.batch_size))
+
+    # ------------------------------------------------------------------ evaluation
+    def logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eval-mode logits of the decodable samples and the mask of which those are.
+
+        With a pristine backbone the cached features serve; otherwise the whole network runs.
+        """
+        self.eval()
+        if self.pristine:
+            res = self.extract(samples, "features eval")
+            with torch.inference_mode():
+                return self.head(res.features[res.ok]), res.ok  # type: ignore[index]
+        ok = torch.zeros(len(samples), dtype=torch.bool)
+        out = []
+        with torch.inference_mode():
+            for batch in self.loader(samples, eval_transform(self.preprocessing), 64):
+                if len(batch["indices"]):
+                    out.append(self.model(batch["images"]))
+                    ok[batch["indices"]] = True
+                self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
+        n = self.head_outputs()
+        return (torch.cat(out) if out else torch.empty(0, n)), ok
+
+    def head_outputs(self) -> int:
+        return [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1].out_features
