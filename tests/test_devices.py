@@ -146,3 +146,20 @@ def test_to_device_nested_and_loader_kwargs():
     assert isinstance(out["p"], Pair) and out["p"].b == 3
     assert loader_kwargs(torch.device("cpu")) == {"pin_memory": False}
     assert loader_kwargs(torch.device("cuda", 0)) == {"pin_memory": True}
+
+
+def test_gpu_check_script_parses_and_fails_fast_without_gpu(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    assert subprocess.run([bash, "-n", str(script)], capture_output=True).returncode == 0
+    if shutil.which("nvidia-smi") or Path("/dev/nvidia0").exists():
+        return
+    res = subprocess.run([bash, str(script)], capture_output=True, text=True, timeout=30,
+                         env={"PATH": "/usr/bin:/bin", "WORK": str(tmp_path)})
+    assert res.returncode != 0 and "CUDA" in res.stderr
