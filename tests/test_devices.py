@@ -81,6 +81,7 @@ def test_auto_precision_matrix(monkeypatch, dev, cpu_bf16, cuda_bf16, name, dtyp
     assert (p.name, p.autocast_dtype, p.use_grad_scaler) == (name, dtype, scaler)
     assert p.reason
     assert p.describe(torch.device(dev)) == {"device": dev, "precision": name, "reason": p.reason}
+    assert p.describe() == p.describe(dev)
 
 
 def test_explicit_precisions(monkeypatch, caplog):

@@ -126,3 +126,22 @@ def test_unknown_architecture_not_implemented() -> None:
     bb = Backbone(Odd(), spec, WeightsInfo("random", "", ""))
     with pytest.raises(NotImplementedError):
         bb.split(1)
+
+
+def test_parts_keep_backbone_mode_and_export_to_onnx(tmp_path) -> None:
+    """Exporting the prefix (mode saved and restored) must not put shared BN layers in training."""
+    pytest.importorskip("onnxruntime")
+    from graftwork.features import export_onnx, ort_session
+    from graftwork.model import bn_layers
+
+    torch.manual_seed(0)
+    bb = create_backbone("test_efficientnet", weights="random").eval()
+    prefix, suffix = bb.split(2)
+    assert not prefix.training and not suffix.training
+    x = torch.randn(3, 3, SIZE, SIZE)
+    export_onnx(prefix, x[:1], tmp_path / "prefix.onnx")
+    assert not any(bn.training for _, bn in bn_layers(bb))
+    maps = ort_session(tmp_path / "prefix.onnx").run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(maps), prefix(x), atol=1e-4)
+        assert torch.allclose(suffix(torch.from_numpy(maps)), bb(x), atol=1e-4)

@@ -94,6 +94,8 @@ def sequential_atoms(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
 def split_backbone(backbone: Backbone, n_unfrozen: int | str) -> tuple[nn.Module, nn.Module]:
     """``(prefix, suffix)`` with ``suffix(prefix(x)) == backbone(x)`` and weights shared.
 
+    Train/eval modes belong to the backbone (and ``GraftModel.train``'s BN policy): the parts
+    start with the backbone's flag; calling ``.train()`` on a part sets its shared layers.
     ``n_unfrozen`` counts blocks from the end, as ``model.freeze_backbone``. 0 gives
     ``(backbone, nn.Identity())``; ``"all"`` gives ``(nn.Identity(), backbone)``. Otherwise the
     prefix ends at the first module holding a parameter of the last ``n_unfrozen`` blocks, and the
@@ -124,4 +126,9 @@ def split_backbone(backbone: Backbone, n_unfrozen: int | str) -> tuple[nn.Module
     mods = [m for _, m in atoms]
     prefix = Chain(names[:boundary], mods[:boundary])
     suffix = Pooled(Chain(names[boundary:], mods[boundary:]))
+    for part in (prefix, suffix, suffix.chain):
+        # only the flag, not recursively: the shared modules keep their own modes (the BN
+        # policy of GraftModel.train). Without this, anything that restores a module's mode
+        # after using it (torch.onnx.export does) would call .train(True) on the shared layers.
+        part.training = backbone.training
     return prefix, suffix

@@ -144,6 +144,7 @@ class Precision:
     autocast_dtype: Any = None  # torch.dtype | None
     use_grad_scaler: bool = False
     reason: str = ""
+    device: str = ""  # the device it was resolved for (for describe)
 
     def autocast(self, device: torch.device | str) -> contextlib.AbstractContextManager[Any]:
         """``torch.autocast`` for this precision on ``device`` (a null context for fp32)."""
@@ -161,9 +162,10 @@ class Precision:
             return None
         return torch.amp.GradScaler(_device_type(device))
 
-    def describe(self, device: torch.device | str) -> dict[str, str]:
+    def describe(self, device: torch.device | str | None = None) -> dict[str, str]:
         """JSON-able facts for config.json: device, precision and why it was chosen."""
-        return {"device": str(device), "precision": self.name, "reason": self.reason}
+        return {"device": str(device if device is not None else self.device),
+                "precision": self.name, "reason": self.reason}
 
 
 def _device_type(device: torch.device | str) -> str:
@@ -176,6 +178,11 @@ def _fp32(reason: str) -> Precision:
 
 def resolve_precision(spec: str, device: torch.device | str) -> Precision:
     """The precision for ``spec`` (``auto``, ``fp32``, ``bf16``, ``fp16``) on ``device``."""
+    p = _resolve_precision(spec, device)
+    return Precision(p.name, p.autocast_dtype, p.use_grad_scaler, p.reason, str(device))
+
+
+def _resolve_precision(spec: str, device: torch.device | str) -> Precision:
     import torch
 
     text = (spec or "auto").strip().lower()
