@@ -217,6 +217,18 @@ class Backbone(nn.Module):
                 for i, p in enumerate(groups.values())]
 
 
+    def split(self, n_unfrozen: int | str) -> tuple[nn.Module, nn.Module]:
+        """``(prefix, suffix)``: images -> maps at the first of the last ``n_unfrozen`` blocks,
+        and maps -> pooled features; ``suffix(prefix(x)) == self(x)``, parameters shared.
+
+        0 gives ``(self, Identity)``, ``"all"`` ``(Identity, self)``. Raises
+        ``NotImplementedError`` for architectures it cannot split (use the all-torch path).
+        """
+        from graftwork._split import split_backbone
+
+        return split_backbone(self, n_unfrozen)
+
+
 def _common_prefix(names: list[str]) -> str:
     parts = [n.split(".") for n in names]
     prefix = []
