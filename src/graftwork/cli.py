@@ -431,5 +431,10 @@ def compare(run_dirs: tuple[Path, ...]) -> None:
     click.echo(format_compare(*compare_runs(list(run_dirs))))
 
 
+from graftwork.cli_deploy import export as _export_cmd, serve as _serve_cmd  # noqa: E402
+
+main.add_command(_export_cmd)
+main.add_command(_serve_cmd)
+
 if __name__ == "__main__":
     main()
