@@ -202,22 +202,27 @@ def _torch_logits(model: PixelModel, x: np.ndarray) -> np.ndarray:
 
 
 def _compare(model: PixelModel, run_export: Any, images: np.ndarray) -> tuple[float, float]:
-    """(max |logit diff|, top-1 agreement) of ``run_export`` vs torch at each check batch size."""
-    n = len(images)
-    reps = -(-max(CHECK_BATCHES) // n)  # at least one full batch of the largest size
-    pool = np.concatenate([images] * reps) if reps > 1 else images
+    """(max |logit diff|, top-1 agreement) of ``run_export`` vs torch at each check batch size.
+
+    The torch reference runs once over all images (in batches of the largest size); the export
+    runs on every image at that batch size and on the first few one at a time."""
+    n, big = len(images), max(CHECK_BATCHES)
+    reps = -(-big // n)  # at least one full batch of the largest size
+    pool = np.ascontiguousarray(np.concatenate([images] * reps) if reps > 1 else images)
+    want = np.concatenate([_torch_logits(model, pool[i:i + big])
+                           for i in range(0, len(pool), big)])
     worst, same, total = 0.0, 0, 0
     for bs in CHECK_BATCHES:
-        for start in range(0, len(pool) - bs + 1, bs):
-            x = np.ascontiguousarray(pool[start:start + bs])
-            want = _torch_logits(model, x)
+        stop = len(pool) if bs == big else min(len(pool), big)
+        for start in range(0, stop - bs + 1, bs):
+            x, ref = pool[start:start + bs], want[start:start + bs]
             logits, probs = run_export(x)
-            if logits.shape != want.shape or probs.shape != want.shape:
+            if logits.shape != ref.shape or probs.shape != ref.shape:
                 raise ExportError(f"exported model returned shapes {logits.shape}/{probs.shape} "
-                                  f"for a batch of {bs}, expected {want.shape}",
+                                  f"for a batch of {bs}, expected {ref.shape}",
                                   "report this as a bug (the export is not usable)")
-            worst = max(worst, float(np.abs(logits - want).max()))
-            same += int((logits.argmax(1) == want.argmax(1)).sum())
+            worst = max(worst, float(np.abs(logits - ref).max()))
+            same += int((logits.argmax(1) == ref.argmax(1)).sum())
             total += bs
     return worst, same / total
 
