@@ -71,7 +71,7 @@ def test_onnxruntime_alone_matches_predict(run: Path, tmp_path: Path) -> None:
         img = Image.open(path).convert("RGB")
         scale = spec["resize_short_side"] / min(img.size)
         img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
-                         Image.Resampling.BILINEAR)
+                         Image.Resampling[spec["interpolation"].upper()])
         s = spec["image_size"]
         left, top = (img.width - s) // 2, (img.height - s) // 2
         return np.asarray(img.crop((left, top, left + s, top + s)), dtype=np.uint8)

@@ -24,7 +24,7 @@ from tests.conftest import TINY, make_image_folder
 from tests.test_data import bomb_png
 
 pytest.importorskip("fastapi")
-pytest.importorskip("multipart")
+pytest.importorskip("python_multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
 from graftwork.serve import create_app, parse_size  # noqa: E402
@@ -156,6 +156,17 @@ def test_parse_size() -> None:
     assert parse_size("1000") == 1000
     with pytest.raises(Exception, match="size"):
         parse_size("ten")
+
+
+def test_cli_serve_on_a_missing_run_is_a_friendly_error(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from graftwork.cli import main
+
+    res = CliRunner().invoke(main, ["serve", str(tmp_path / "nope"), "--port", "0"])
+    assert res.exit_code == 2 and "Error:" in res.output and "Fix:" in res.output
+    res = CliRunner().invoke(main, ["serve", str(tmp_path), "--max-bytes", "lots"])
+    assert res.exit_code == 2 and "size" in res.output
 
 
 def _free_port() -> int:

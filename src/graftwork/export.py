@@ -111,6 +111,8 @@ def preprocess_spec(clf: ImageClassifier) -> dict[str, Any]:
         "resize_short_side": int(round(size / crop_pct)),
         "crop_pct": crop_pct,
         "interpolation": pre.get("interpolation", "bilinear"),
+        "pil_resample": str(pre.get("interpolation", "bilinear")).upper(),
+        "antialias": True,
         "crop": "center",
         "mean": [float(v) for v in pre["mean"]],
         "std": [float(v) for v in pre["std"]],

@@ -234,4 +234,6 @@ def serve(run_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, *,
                           "pip install 'graftwork[serve]'") from exc
     app = create_app(run_dir, max_bytes=max_bytes, max_files=max_files, top_k=top_k)
     log.info("serving %s on http://%s:%d", run_dir, host, port)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    # beyond 64 open requests uvicorn answers 503 instead of buffering ever more uploads
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                limit_concurrency=64)
