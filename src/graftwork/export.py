@@ -19,7 +19,7 @@ import secrets
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +69,6 @@ class ExportResult:
     image_source: str  # "test" (predictions_test.csv), "check_images" or "random"
     labels_path: Path | None = None
     preprocess_path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -283,6 +282,13 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+            import onnxruntime  # noqa: F401
+        except ImportError as exc:
+            raise ConfigError(f"ONNX export needs onnx and onnxruntime ({exc.name} is missing)",
+                              "pip install 'graftwork[fast]', or use --format torchscript") from exc
     run = Path(run_dir)
     clf = ImageClassifier.load(run)
     path = Path(out) if out else run / "export" / f"model{SUFFIX[fmt]}"
