@@ -296,9 +296,9 @@ def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str) -> None:
 
 
 def _register() -> None:
-    from graftwork import _cli_tools
+    from graftwork import _cli_tools, cli_deploy
 
-    for command in _cli_tools.COMMANDS:
+    for command in (*_cli_tools.COMMANDS, cli_deploy.export, cli_deploy.serve):
         main.add_command(command)
 
 
