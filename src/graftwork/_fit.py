@@ -20,6 +20,7 @@ from graftwork._session import Session
 from graftwork.backbones import Backbone, create_backbone
 from graftwork.callbacks import Callback, History, LogLines, dispatch
 from graftwork.data import Sample, Splits, discover, eval_transform
+from graftwork.devices import Runtime
 from graftwork.errors import ConfigError, DataError
 from graftwork.features import default_cache_dir
 from graftwork.heads import build_head, head_dropout
@@ -44,6 +45,7 @@ def validate_params(params: dict[str, Any]) -> None:
 
     check_params({k: v for k, v in params.items() if k in PARAMS})
     plan(params["strategy"])  # ConfigError for an unknown strategy
+    Runtime.resolve(params["device"], params["precision"])  # ConfigError for a bad --device
     for name, value, allowed in (("head", params["head"], HEADS),
                                  ("optimizer", params["optimizer"], (None, *OPTIMIZERS)),
                                  ("schedule", params["schedule"], (None, *SCHEDULES))):
@@ -79,6 +81,12 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
     history = History()
     ctx = PhaseContext(params, session, splits, checkpoint_dir, resume,
                        [history, LogLines(), *callbacks])
+    if any(p.needs_network for p in phases):
+        ctx.runtime = Runtime.resolve(params["device"], params["precision"])
+        log.info("device %s, precision %s (%s)", *ctx.runtime.describe().values())
+    clf.runtime_ = ctx.runtime.describe() if ctx.runtime else {"device": "cpu",
+                                                                "precision": "fp32",
+                                                                "reason": "head on features"}
     for phase in phases:
         phase.check(ctx)  # every phase's parameters, before any training
     if checkpoint_dir is not None:

@@ -65,6 +65,7 @@ def run_config(clf: ImageClassifier) -> dict[str, Any]:
         "best_phase": getattr(clf, "best_phase_", None),
         "trainable": getattr(clf, "trainable_", {}),
         "splits": clf.splits_.counts() if hasattr(clf, "splits_") else {},
+        "runtime": getattr(clf, "runtime_", {}),
         "versions": rundir.package_versions(),
     }
 

@@ -53,6 +53,7 @@ class ImageClassifier(ParamsMixin):
                  label_smoothing: float = 0.0,
                  augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
+                 device: str = "auto", precision: str = "auto",
                  cache_dir: str | None = None, num_workers: int | None = None,
                  strict: bool = False, progress: bool = True) -> None:
         self.backbone = backbone
@@ -77,6 +78,8 @@ class ImageClassifier(ParamsMixin):
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
+        self.device = device
+        self.precision = precision
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.strict = strict

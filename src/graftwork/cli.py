@@ -157,6 +157,11 @@ def unfreeze_value(value: str) -> int | str:
 @click.option("--test-fraction", type=click_type("test_fraction"), default=0.2,
               show_default=True)
 @click.option("--seed", type=click_type("seed"), default=0, show_default=True)
+@click.option("--device", default="auto", show_default=True,
+              help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
+              show_default=True, help="auto: bf16 where the hardware computes it natively "
+              "(CPUs with AVX512-BF16/AMX, recent GPUs), fp16 on older GPUs, else fp32.")
 @click.option("--cache-dir", default=None, help="Feature cache (default ~/.cache/graftwork).")
 @click.option("--workers", type=click_type("num_workers"), default=None,
               help="DataLoader workers.")

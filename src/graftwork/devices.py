@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Precision", "cpu_features", "cpu_has_native_bf16", "resolve_device", "resolve_precision",
-    "to_device", "loader_kwargs", "available_devices", "machine_summary",
+    "to_device", "loader_kwargs", "available_devices", "machine_summary", "Runtime",
 ]
 
 log = logging.getLogger(__name__)
@@ -250,3 +250,32 @@ def loader_kwargs(device: torch.device | str) -> dict[str, Any]:
 def machine_summary() -> dict[str, Any]:
     """A short description of the CPU for logs (architecture, bf16 proof)."""
     return {"machine": platform.machine(), "native_bf16": _native_bf16_flag() or "none"}
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and at what precision a training loop runs (what ``--device``/``--precision``
+    resolve to); passed to ``training.fit`` and ``training.evaluate``."""
+
+    device: Any  # torch.device
+    precision: Precision
+
+    @classmethod
+    def resolve(cls, device: str = "auto", precision: str = "auto") -> Runtime:
+        dev = resolve_device(device)
+        return cls(dev, resolve_precision(precision, dev))
+
+    @classmethod
+    def cpu_fp32(cls) -> Runtime:
+        import torch
+
+        return cls(torch.device("cpu"), Precision("fp32", reason="default"))
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        return self.precision.autocast(self.device)
+
+    def to(self, batch: Any) -> Any:
+        return to_device(batch, self.device) if self.device.type != "cpu" else batch
+
+    def describe(self) -> dict[str, str]:
+        return self.precision.describe(self.device)

@@ -16,6 +16,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from graftwork.callbacks import Callback, dispatch
+from graftwork.devices import Runtime
 from graftwork.rundir import atomic_file
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
@@ -120,8 +121,8 @@ def _make_schedule(name: str, opt: torch.optim.Optimizer, epochs: int,
     raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
 
 
-def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
-    """Accuracy and mean cross-entropy in eval mode."""
+def evaluate(model: nn.Module, batches: Batches, runtime: Runtime | None = None) -> dict[str, float]:
+    """Accuracy and mean cross-entropy in eval mode (on ``runtime``'s device and precision)."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
@@ -129,7 +130,12 @@ def evaluate(model: nn.Module, batches: Batches) -> dict[str, float]:
         for x, y in batches:
             if not len(y):
                 continue
-            logits = model(x)
+            if runtime is not None:
+                x, y = runtime.to((x, y))
+                with runtime.autocast():
+                    logits = model(x).float()
+            else:
+                logits = model(x)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
@@ -210,7 +216,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         param_groups: list[dict[str, Any]] | None = None, steps_per_epoch: int = 1,
         phase: str = "train", progress: bool = True, checkpoint: Path | None = None,
         resume: bool = False, callbacks: Sequence[Callback] = (),
-        fingerprint: dict[str, Any] | None = None) -> FitResult:
+        fingerprint: dict[str, Any] | None = None, runtime: Runtime | None = None) -> FitResult:
     """Train ``model``; keep the best-validation weights; stop after ``patience`` bad epochs.
 
     ``train_batches(generator)`` yields one epoch of (inputs, labels), shuffled by the seeded
@@ -245,7 +251,8 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         row = _train_epoch(model, train_batches(gen), opt, sched, steps_per_epoch,
-                           f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing)
+                           f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing,
+                           runtime)
         val = validate() if validate is not None else {}
         row = {"phase": phase, "epoch": epoch, **row,
                "val_loss": val.get("loss", ""), "val_accuracy": val.get("accuracy", ""),
@@ -274,19 +281,30 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
 
 def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
                  sched: Any, steps: int, desc: str, progress: bool,
-                 label_smoothing: float = 0.0) -> dict[str, float]:
+                 label_smoothing: float = 0.0, runtime: Runtime | None = None) -> dict[str, float]:
     model.train()
+    scaler = runtime.precision.grad_scaler(runtime.device) if runtime is not None else None
     loss_sum, correct, n = 0.0, 0, 0
     with tqdm(batches, total=steps, desc=desc, unit="batch", disable=not progress,
               leave=False) as bar:
         for x, y in bar:
             if not len(y):
                 continue
-            logits = model(x)
+            if runtime is not None:
+                x, y = runtime.to((x, y))
+                with runtime.autocast():
+                    logits = model(x).float()
+            else:
+                logits = model(x)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if scaler is not None:  # fp16 on CUDA: scaled gradients
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
             if sched is not None:
                 sched.step()
             loss_sum += float(loss.detach()) * len(y)

@@ -27,6 +27,7 @@ from torch import nn
 
 from graftwork.callbacks import Callback, dispatch
 from graftwork.data import Splits
+from graftwork.devices import Runtime
 from graftwork.model import freeze_backbone, parameter_counts
 from graftwork.training import FitResult, TrainConfig, fit
 
@@ -62,6 +63,7 @@ class PhaseContext:
     callbacks: list[Callback] = field(default_factory=list)
     fingerprint: dict[str, Any] = field(default_factory=dict)
     previous: str | None = None  # the phase that ran before this one, if any
+    runtime: Runtime | None = None  # device and precision of phases that run the network
 
     def checkpoint(self, phase: str) -> Path | None:
         if self.checkpoint_dir is None:
@@ -147,7 +149,10 @@ class Phase:
                      progress=ctx.session.progress, checkpoint=ctx.checkpoint(self.name),
                      resume=ctx.resume, callbacks=ctx.callbacks,
                      fingerprint={**ctx.fingerprint, "phase": self.name,
-                                  "settings": cfg.as_dict()})
+                                  "settings": cfg.as_dict()},
+                     runtime=ctx.runtime if self.needs_network else None)
+        if self.needs_network and ctx.session.network_built:
+            ctx.session.model.to("cpu")  # saved, evaluated and exported from the CPU
         return result, cfg, counts
 
 

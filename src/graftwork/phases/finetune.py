@@ -58,6 +58,9 @@ class Finetune(Phase):
         validate = None
         if ctx.splits.val:
             tf = eval_transform(s.preprocessing)
-            validate = lambda: evaluate(s.model, s.image_batches(ctx.splits.val, tf, None, 64))  # noqa: E731
+            validate = lambda: evaluate(s.model, s.image_batches(ctx.splits.val, tf, None, 64),  # noqa: E731
+                                        ctx.runtime)
         s.model.to(memory_format=torch.channels_last)
+        if ctx.runtime is not None:
+            s.model.to(ctx.runtime.device)
         return PhasePlan(s.model, augmented_batches(ctx), validate, len(ctx.splits.train))

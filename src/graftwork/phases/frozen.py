@@ -32,6 +32,9 @@ class Frozen(Phase):
         validate = None
         if ctx.splits.val:  # backbone frozen, val not augmented: cached features give the same
             xv, yv = s.features(ctx.splits.val, "features val")
-            validate = lambda: evaluate(s.model.head, tensor_batches(xv, yv, 256))  # noqa: E731
+            validate = lambda: evaluate(s.model.head, tensor_batches(xv, yv, 256),  # noqa: E731
+                                        ctx.runtime)
         s.model.to(memory_format=torch.channels_last)
+        if ctx.runtime is not None:
+            s.model.to(ctx.runtime.device)
         return PhasePlan(s.model, augmented_batches(ctx), validate, len(ctx.splits.train))
