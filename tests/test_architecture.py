@@ -1,0 +1,172 @@
+"""The architecture's contracts: scikit-learn estimator API, the phase registry (a new strategy
+is one class), callbacks and loggers."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from graftwork import AugmentConfig, ConfigError, ImageClassifier
+from graftwork.callbacks import Callback
+from graftwork.cli import main
+from graftwork.phases import (PHASES, SEQUENCES, Phase, PhaseContext, PhaseDefaults, PhasePlan,
+                              register_phase, register_strategy, strategy_names)
+from graftwork.training import evaluate, tensor_batches
+from tests.conftest import TINY
+
+
+# ------------------------------------------------------------------ scikit-learn contract
+def test_get_params_is_the_signature_and_clone_works() -> None:
+    sklearn_base = pytest.importorskip("sklearn.base")
+    clf = ImageClassifier(strategy="frozen", epochs=3, augment=AugmentConfig(rotation=10))
+    params = clf.get_params()
+    import inspect
+
+    assert set(params) == set(inspect.signature(ImageClassifier).parameters)
+    copy = sklearn_base.clone(clf)
+    assert copy is not clf and copy.get_params() == params
+    assert copy.augment == clf.augment  # sklearn deep-copies non-estimator parameters
+    assert not hasattr(copy, "classes_")
+    assert repr(clf).startswith("ImageClassifier(") and "epochs=3" in repr(clf)
+
+
+def test_set_params_returns_self_and_rejects_unknown_names() -> None:
+    clf = ImageClassifier()
+    assert clf.set_params(epochs=5, head="linear") is clf
+    assert (clf.epochs, clf.head) == (5, "linear")
+    with pytest.raises(ValueError, match="invalid parameter 'epoch'"):
+        clf.set_params(epoch=5)
+
+
+def test_parameters_are_checked_before_any_work(tiny_data: Path, cache_dir: str) -> None:
+    for bad in ({"epochs": 0}, {"lr": -1.0}, {"batch_size": 0}, {"head": "deep"},
+                {"strategy": "nope"}, {"unfreeze": -1}, {"device": "tpu"},
+                {"val_fraction": 0.6, "test_fraction": 0.5}):
+        with pytest.raises(ConfigError):
+            ImageClassifier(**{**TINY, **bad}, cache_dir=cache_dir).fit(tiny_data)
+    assert not Path(cache_dir).exists()  # failed before touching the cache
+
+
+def test_predict_proba_and_score(tiny_data: Path, cache_dir: str) -> None:
+    clf = ImageClassifier(**TINY, epochs=20, cache_dir=cache_dir).fit(tiny_data)
+    folder = tiny_data / "test" / "class_1"
+    proba = clf.predict_proba(folder)
+    assert proba.shape == (4, 3) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    rows = clf.predict(folder, top_k=3)
+    assert [r["label"] for r in rows] == [clf.classes_[i] for i in proba.argmax(1)]
+    assert clf.score(tiny_data / "test") == pytest.approx(clf.evaluate(tiny_data / "test")["accuracy"])
+    bad = folder / "broken.png"
+    bad.write_bytes(b"not an image")
+    assert np.isnan(ImageClassifier.predict_proba(clf, [bad])).all()
+
+
+# ------------------------------------------------------------------ phases: a toy strategy
+class HeadSGD(Phase):
+    """A toy strategy: the head on cached features with plain SGD, 3 epochs."""
+
+    name = "toy_sgd"
+    description = "toy: head on cached features with SGD"
+    defaults = PhaseDefaults(epochs=3, lr=0.05, optimizer="sgd", patience=3)
+    needs_network = False
+
+    def batches(self, ctx: PhaseContext) -> PhasePlan:
+        x, y = ctx.session.features(ctx.splits.train, "features train")
+        xv, yv = ctx.session.features(ctx.splits.val, "features val")
+        head = ctx.session.head
+        return PhasePlan(head, lambda g, bs: tensor_batches(x, y, bs, g),
+                         lambda: evaluate(head, [(xv, yv)]), len(x))
+
+
+@pytest.fixture()
+def toy_phase() -> Any:
+    register_phase(HeadSGD)
+    register_strategy("toy_ladder", ("extract", "toy_sgd"))
+    yield HeadSGD
+    PHASES.pop("toy_sgd")
+    SEQUENCES.pop("toy_ladder")
+
+
+def test_a_new_strategy_is_one_class(toy_phase: Any, tiny_data: Path, cache_dir: str,
+                                     tmp_path: Path) -> None:
+    assert "toy_sgd" in strategy_names() and "toy_ladder" in strategy_names()
+    clf = ImageClassifier(**TINY, strategy="toy_sgd", cache_dir=cache_dir).fit(tiny_data)
+    assert [p["phase"] for p in clf.phases_] == ["toy_sgd"]
+    assert [r["epoch"] for r in clf.history_] == [1, 2, 3]
+    assert clf.phase_configs_["toy_sgd"].optimizer == "sgd"
+    ladder = ImageClassifier(**TINY, strategy="toy_ladder", epochs=2,
+                             cache_dir=cache_dir).fit(tiny_data)
+    assert [p["phase"] for p in ladder.phases_] == ["extract", "toy_sgd"]
+    assert ladder.best_phase_ in ("extract", "toy_sgd")
+    res = CliRunner().invoke(main, ["train", str(tiny_data), "--backbone", "test_efficientnet",
+                                    "--weights", "random", "--image-size", "32", "--workers",
+                                    "0", "--strategy", "toy_sgd", "--out", str(tmp_path / "r"),
+                                    "--cache-dir", cache_dir, "-q", "--no-report"])
+    assert res.exit_code == 0, res.output
+    help_text = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "toy_sgd" in help_text
+
+
+def test_unknown_strategy_is_a_clean_cli_error(tiny_data: Path, tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["train", str(tiny_data), "--strategy", "nope",
+                                    "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2
+    lines = res.stderr.strip().splitlines()
+    assert lines[-2].startswith("Error: ") and "'--strategy'" in lines[-2]
+    assert lines[-1].startswith("Fix: ") and "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------ callbacks and loggers
+class Recorder(Callback):
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, Any]] = []
+
+    def on_phase_start(self, phase: str, info: dict[str, Any]) -> None:
+        self.events.append(("start", phase, info["trainable_params"]))
+
+    def on_epoch_end(self, phase: str, row: dict[str, Any]) -> None:
+        self.events.append(("epoch", phase, row["epoch"]))
+
+    def on_phase_end(self, phase: str, summary: dict[str, Any]) -> None:
+        self.events.append(("end", phase, summary["best_val_accuracy"]))
+
+
+def test_callbacks_see_every_phase_and_epoch(tiny_data: Path, cache_dir: str) -> None:
+    rec = Recorder()
+    clf = ImageClassifier(**TINY, strategy="ladder", epochs=2, cache_dir=cache_dir).fit(
+        tiny_data, callbacks=[rec])
+    kinds = [(k, p) for k, p, _ in rec.events]
+    for phase in ("extract", "frozen", "finetune"):
+        assert kinds.count(("start", phase)) == 1 and kinds.count(("end", phase)) == 1
+    epochs = [(p, e) for k, p, e in rec.events if k == "epoch"]
+    assert epochs == [(r["phase"], r["epoch"]) for r in clf.history_]  # history.csv's rows
+
+
+def test_tensorboard_logger(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    run = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train", str(tiny_data), "--backbone", "test_efficientnet",
+                                    "--weights", "random", "--image-size", "32", "--workers",
+                                    "0", "--epochs", "2", "--logger", "tensorboard",
+                                    "--out", str(run), "--cache-dir", cache_dir, "-q",
+                                    "--no-report"])
+    assert res.exit_code == 0, res.output
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    acc = EventAccumulator(str(events))
+    acc.Reload()
+    assert [s.step for s in acc.Scalars("extract/loss")] == [1, 2]
+    assert "extract/val_accuracy" in acc.Tags()["scalars"]
+
+
+def test_runtime_recorded(tiny_data: Path, cache_dir: str) -> None:
+    clf = ImageClassifier(**TINY, strategy="frozen", epochs=1, device="cpu", precision="fp32",
+                          cache_dir=cache_dir).fit(tiny_data)
+    assert clf.config()["runtime"]["device"] == "cpu"
+    assert clf.config()["runtime"]["precision"] == "fp32"
+    assert clf.config()["hyperparameters"]["precision"] == "fp32"
+    assert torch.get_num_threads() >= 1
