@@ -22,7 +22,7 @@ from graftwork.callbacks import Callback, History, LogLines, dispatch
 from graftwork.data import Sample, Splits, discover, eval_transform
 from graftwork.devices import Runtime
 from graftwork.errors import ConfigError, DataError
-from graftwork.features import default_cache_dir
+from graftwork.features import ENGINES, default_cache_dir
 from graftwork.heads import build_head, head_dropout
 from graftwork.model import bn_layers
 from graftwork.phases import SEQUENCES, PhaseContext, plan
@@ -46,6 +46,9 @@ def validate_params(params: dict[str, Any]) -> None:
     check_params({k: v for k, v in params.items() if k in PARAMS})
     plan(params["strategy"])  # ConfigError for an unknown strategy
     Runtime.resolve(params["device"], params["precision"])  # ConfigError for a bad --device
+    if params["engine"] not in ENGINES:
+        raise ConfigError(f"engine={params['engine']!r} is not one of {sorted(ENGINES)}",
+                          "choose one of those for --engine")
     for name, value, allowed in (("head", params["head"], HEADS),
                                  ("optimizer", params["optimizer"], (None, *OPTIMIZERS)),
                                  ("schedule", params["schedule"], (None, *SCHEDULES))):
@@ -75,7 +78,7 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
     session = Session(backbone, head, preprocessing, train_bn=params["train_bn"],
                       cache_dir=params["cache_dir"], batch_size=params["batch_size"],
                       num_workers=params["num_workers"], strict=params["strict"],
-                      progress=params["progress"])
+                      progress=params["progress"], engine=params["engine"])
     session.skipped.update({s.path: s.reason for s in splits.skipped})  # not images: never
                                                                     # an error, even --strict
     history = History()

@@ -35,7 +35,7 @@ __all__ = ["run_config", "save_run", "load_run", "wrap_model", "run_summary_text
 log = logging.getLogger(__name__)
 C = TypeVar("C", bound="ImageClassifier")
 #: How to run, not what was learned: not saved as hyperparameters.
-RUNTIME_PARAMS = ("cache_dir", "num_workers", "progress", "strict")
+RUNTIME_PARAMS = ("cache_dir", "num_workers", "progress", "strict", "engine")
 
 
 def _hyperparameters(clf: ImageClassifier) -> dict[str, Any]:

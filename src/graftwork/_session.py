@@ -137,6 +137,21 @@ class Session:
             self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
             yield batch["images"].contiguous(memory_format=torch.channels_last), batch["labels"]
 
+    def raw_batches(self, samples: Sequence[Sample], transform: Any,
+                    generator: torch.Generator | None = None, batch_size: int | None = None
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(uint8 NHWC images, labels) batches for the engines; bad files noted as skipped."""
+        for batch in self.loader(samples, transform, batch_size or self.batch_size, generator):
+            self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
+            yield batch["images"], batch["labels"]
+
+    def cache(self) -> Any:
+        """The feature cache of this backbone and preprocessing (also keeps engine exports)."""
+        from graftwork.features import FeatureCache, default_cache_dir
+
+        return FeatureCache(self.cache_dir or default_cache_dir(), self.backbone,
+                            self.preprocessing)
+
     def steps(self, n: int, batch_size: int | None = None) -> int:
         return math.ceil(n / (batch_size or self.batch_size))
 

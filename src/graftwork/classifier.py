@@ -53,7 +53,7 @@ class ImageClassifier(ParamsMixin):
                  label_smoothing: float = 0.0,
                  augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
-                 device: str = "auto", precision: str = "auto",
+                 device: str = "auto", precision: str = "auto", engine: str = "auto",
                  cache_dir: str | None = None, num_workers: int | None = None,
                  strict: bool = False, progress: bool = True) -> None:
         self.backbone = backbone
@@ -80,6 +80,7 @@ class ImageClassifier(ParamsMixin):
         self.seed = seed
         self.device = device
         self.precision = precision
+        self.engine = engine
         self.cache_dir = cache_dir
         self.num_workers = num_workers
         self.strict = strict

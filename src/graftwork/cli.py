@@ -162,6 +162,9 @@ def unfreeze_value(value: str) -> int | str:
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
               show_default=True, help="auto: bf16 where the hardware computes it natively "
               "(CPUs with AVX512-BF16/AMX, recent GPUs), fp16 on older GPUs, else fp32.")
+@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto",
+              show_default=True, help="What runs the frozen part of the network: ONNX Runtime "
+              "(when installed and the job repays an export), or eager torch.")
 @click.option("--cache-dir", default=None, help="Feature cache (default ~/.cache/graftwork).")
 @click.option("--workers", type=click_type("num_workers"), default=None,
               help="DataLoader workers.")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["FastEvalTransform", "Normalize", "FromPixels", "resize_size"]
+__all__ = ["FastEvalTransform", "AugmentPixels", "Normalize", "FromPixels", "resize_size"]
 
 
 def resize_size(pre: dict[str, Any]) -> int:
@@ -48,6 +48,33 @@ class FastEvalTransform:
         x = TF.resize(x, [self.resize], interpolation=self.interpolation, antialias=True)
         x = TF.center_crop(x, [self.size, self.size])
         return x.permute(1, 2, 0).contiguous()
+
+
+class AugmentPixels(FastEvalTransform):
+    """The training augmentation on uint8 pixels: ``eval_transform``'s resize + centre crop,
+    then random affine (rotation, shift, shear, zoom; constant fill) and horizontal flip, as
+    ``data.train_transform`` does, but on a uint8 tensor and uint8 HWC out (for the engines)."""
+
+    def __init__(self, pre: dict[str, Any], aug: Any) -> None:
+        super().__init__(pre)
+        import math
+
+        from torchvision.transforms import v2
+
+        ops: list[Any] = []
+        if aug.rotation or aug.shift or aug.shear or aug.zoom:
+            shear = math.degrees(aug.shear)
+            ops.append(v2.RandomAffine(
+                degrees=aug.rotation, translate=(aug.shift, aug.shift) if aug.shift else None,
+                scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
+                shear=(-shear, shear, -shear, shear) if aug.shear else None, fill=int(aug.fill)))
+        if aug.hflip:
+            ops.append(v2.RandomHorizontalFlip())
+        self.augment = v2.Compose(ops)
+
+    def __call__(self, img: Any) -> torch.Tensor:
+        x = super().__call__(img).permute(2, 0, 1)  # CHW view of the crop
+        return self.augment(x).permute(1, 2, 0).contiguous()
 
 
 class Normalize(nn.Module):

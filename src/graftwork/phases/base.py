@@ -81,6 +81,7 @@ class PhasePlan:
     train: Callable[[torch.Generator, int], Batches]
     validate: Callable[[], dict[str, float]] | None
     n: int
+    runtime: bool = True  # False: the training loop runs on the CPU in fp32 (a head on an engine)
 
 
 class Phase:
@@ -150,7 +151,7 @@ class Phase:
                      resume=ctx.resume, callbacks=ctx.callbacks,
                      fingerprint={**ctx.fingerprint, "phase": self.name,
                                   "settings": cfg.as_dict()},
-                     runtime=ctx.runtime if self.needs_network else None)
+                     runtime=ctx.runtime if self.needs_network and plan.runtime else None)
         if self.needs_network and ctx.session.network_built:
             ctx.session.model.to("cpu")  # saved, evaluated and exported from the CPU
         return result, cfg, counts

@@ -1,19 +1,28 @@
 """``finetune``: from a trained head, the last ``unfreeze`` blocks train too, with a small
-learning rate that decays block by block away from the head (discriminative rates)."""
+learning rate that decays block by block away from the head (discriminative rates).
+
+On a CPU the backbone is split at the first unfrozen block: the frozen prefix runs on the
+inference engine (its outputs for the validation images computed once), the suffix and the head
+train in torch. Architectures that cannot be split, and CUDA/MPS runs, use the all-torch path."""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torch import nn
 
 from graftwork.data import eval_transform
 from graftwork.errors import ConfigError
 from graftwork.model import freeze_backbone
+from graftwork.phases._engine import (OnEngine, bind_prefix, identity_runner, pixel_batches,
+                                      split_or_none, uses_engine)
 from graftwork.phases.base import Phase, PhaseContext, PhaseDefaults, PhasePlan
-from graftwork.phases.frozen import augmented_batches
+from graftwork.phases.frozen import augmented_batches, planned_images
 from graftwork.training import TrainConfig, evaluate
 
 __all__ = ["Finetune"]
+
+_VAL_MAPS_MAX_BYTES = 512 * 2**20  # precomputed validation maps kept in memory up to this
 
 
 class Finetune(Phase):
@@ -55,12 +64,45 @@ class Finetune(Phase):
 
     def batches(self, ctx: PhaseContext) -> PhasePlan:
         s = ctx.session
-        validate = None
-        if ctx.splits.val:
-            tf = eval_transform(s.preprocessing)
-            validate = lambda: evaluate(s.model, s.image_batches(ctx.splits.val, tf, None, 64),  # noqa: E731
-                                        ctx.runtime)
-        s.model.to(memory_format=torch.channels_last)
-        if ctx.runtime is not None:
-            s.model.to(ctx.runtime.device)
-        return PhasePlan(s.model, augmented_batches(ctx), validate, len(ctx.splits.train))
+        model = s.model
+        n = len(ctx.splits.train)
+        parts = split_or_none(model.backbone, ctx.params.get("unfreeze", 1)) \
+            if uses_engine(ctx) else None
+        if parts is None:
+            validate = None
+            if ctx.splits.val:
+                tf = eval_transform(s.preprocessing)
+                validate = lambda: evaluate(  # noqa: E731
+                    model, s.image_batches(ctx.splits.val, tf, None, 64), ctx.runtime)
+            model.to(memory_format=torch.channels_last)
+            if ctx.runtime is not None:
+                model.to(ctx.runtime.device)
+            return PhasePlan(model, augmented_batches(ctx), validate, n)
+        prefix, suffix = parts
+        runner = bind_prefix(prefix, model, s.preprocessing, s.cache(), s.engine,
+                             planned_images(ctx, self.defaults))
+        tail = nn.Sequential(suffix, model.head)
+        return PhasePlan(OnEngine(runner, tail, model),
+                         pixel_batches(s, ctx.splits.train, ctx.params.get("augment")),
+                         self._validation(ctx, runner, tail), n)
+
+    @staticmethod
+    def _validation(ctx: PhaseContext, runner: Any, tail: nn.Module) -> Any:
+        """Validation through the tail on the prefix's outputs, computed once (the prefix is
+        frozen) when they fit in memory, else every epoch."""
+        s, val = ctx.session, ctx.splits.val
+        if not val:
+            return None
+        model = s.model
+        eval_pixels = pixel_batches(s, val, None)
+        on_engine = OnEngine(runner, tail, model)
+        model.eval()
+        with torch.inference_mode():
+            first = next(iter(eval_pixels(None, 8)), None)
+        per_image = runner(first[0][:1]).numel() * 4 if first is not None else 0
+        if per_image * len(val) > _VAL_MAPS_MAX_BYTES:
+            return lambda: evaluate(on_engine, eval_pixels(None, 64), ctx.runtime)
+        with torch.inference_mode():
+            maps = [(runner(x), y) for x, y in eval_pixels(None, 64)]
+        on_maps = OnEngine(identity_runner(), tail, model)
+        return lambda: evaluate(on_maps, maps, ctx.runtime)

@@ -1,11 +1,14 @@
-"""``frozen``: the head trained inside the end-to-end model on augmented images, backbone
-frozen (and its BatchNorm layers in inference mode)."""
+"""``frozen``: the head trained on augmented images through the frozen backbone (its BatchNorm
+layers in inference mode). On a CPU the backbone runs on the inference engine (ONNX Runtime
+where installed) and only the head runs in torch; elsewhere the whole model runs in torch."""
 from __future__ import annotations
 
 import torch
 
 from graftwork.data import train_transform
+from graftwork.features import bind_backbone
 from graftwork.model import freeze_backbone
+from graftwork.phases._engine import OnEngine, pixel_batches, uses_engine
 from graftwork.phases.base import Phase, PhaseContext, PhaseDefaults, PhasePlan
 from graftwork.training import evaluate, tensor_batches
 
@@ -13,10 +16,15 @@ __all__ = ["Frozen", "augmented_batches"]
 
 
 def augmented_batches(ctx: PhaseContext):  # type: ignore[no-untyped-def]
-    """An epoch of augmented training images for the end-to-end model."""
+    """An epoch of augmented, normalised training images for the all-torch model."""
     s = ctx.session
     tf = train_transform(s.preprocessing, ctx.params.get("augment"))
     return lambda g, bs: s.image_batches(ctx.splits.train, tf, g, bs)
+
+
+def planned_images(ctx: PhaseContext, defaults: PhaseDefaults) -> int:
+    """Images the phase will push through the engine (decides whether an export pays)."""
+    return len(ctx.splits.train) * (ctx.params.get("epochs") or defaults.epochs)
 
 
 class Frozen(Phase):
@@ -29,12 +37,21 @@ class Frozen(Phase):
 
     def batches(self, ctx: PhaseContext) -> PhasePlan:
         s = ctx.session
+        model = s.model
+        engine = uses_engine(ctx)
         validate = None
         if ctx.splits.val:  # backbone frozen, val not augmented: cached features give the same
             xv, yv = s.features(ctx.splits.val, "features val")
-            validate = lambda: evaluate(s.model.head, tensor_batches(xv, yv, 256),  # noqa: E731
-                                        ctx.runtime)
-        s.model.to(memory_format=torch.channels_last)
-        if ctx.runtime is not None:
-            s.model.to(ctx.runtime.device)
-        return PhasePlan(s.model, augmented_batches(ctx), validate, len(ctx.splits.train))
+            runtime = None if engine else ctx.runtime
+            validate = lambda: evaluate(model.head, tensor_batches(xv, yv, 256), runtime)  # noqa: E731
+        n = len(ctx.splits.train)
+        if engine:
+            model.eval()
+            runner = bind_backbone(model.backbone, s.preprocessing, s.cache(), s.engine,
+                                   planned_images(ctx, self.defaults))
+            return PhasePlan(OnEngine(runner, model.head, model),
+                             pixel_batches(s, ctx.splits.train, ctx.params.get("augment")),
+                             validate, n, runtime=False)
+        model.to(memory_format=torch.channels_last)
+        model.to(ctx.runtime.device)  # type: ignore[union-attr]
+        return PhasePlan(model, augmented_batches(ctx), validate, n)
