@@ -116,7 +116,7 @@ def forward_only(backbone: Any, pre: dict[str, Any], samples: list[Any], cache: 
     from graftwork.data import load_image
 
     tf = F.FastEvalTransform(pre)
-    x = torch.stack([tf(load_image(s.path, F._resize_size(pre))) for s in samples])
+    x = torch.stack([tf(load_image(s.path, F.resize_size(pre))) for s in samples])
     norm = F.Normalize(pre)
     rates: dict[str, float] = {}
     configs: dict[str, Any] = {}
@@ -156,37 +156,28 @@ def forward_only(backbone: Any, pre: dict[str, Any], samples: list[Any], cache: 
             timed("torch eager channels_last, batch 64",
                   lambda b: backbone(norm(b).contiguous(memory_format=torch.channels_last)), 64,
                   {"engine": "torch"})
-        timed(f"torch eager channels_last, batch {F._TORCH_CHUNK} (graftwork's torch engine)",
-              F._torch_runner(backbone, pre), 64, {"engine": "torch"})
-    if F._onnx_available():
+        chunk = F.TorchEngine().chunk
+        timed(f"torch eager channels_last, batch {chunk} (graftwork's torch engine)",
+              F.bind_backbone(backbone, pre, F.FeatureCache(cache, backbone, pre),
+                              F.TorchEngine(), None), 64, {"engine": "torch"})
+    if F.onnx_available():
         fc = F.FeatureCache(cache, backbone, pre)
         t0 = time.perf_counter()
-        run, _ = F.make_runner(backbone, pre, fc, "onnx")
+        F.bind_backbone(backbone, pre, fc, F.OnnxEngine(), None)
         configs["_onnx_export_and_check_s"] = round(time.perf_counter() - t0, 2)
         threads = torch.get_num_threads()
-        default = F._ORT_CHUNK, F._ORT_LANES
+        default = F.OnnxEngine().chunk
         variants = [(threads, 1)] if quick else [(1, 16), (threads, 16), (threads, 1)]
         for lanes, chunk in variants:
             name = (f"onnxruntime, {threads} threads in one run, batch {chunk}" if lanes == 1
                     else f"onnxruntime, {lanes} runs of 1 thread side by side, batch {chunk}"
-                    + (" (graftwork's default)" if chunk == F._ORT_CHUNK else ""))
+                    + (" (graftwork's default)" if chunk == default else ""))
             # passes about as long as an end_to_end run: a short pass is noisier, and a
             # best-of over noisy passes would flatter forward_only
-            timed(name, _ort_config(F, backbone, pre, fc, lanes, chunk), 64,
+            engine = F.OnnxEngine(chunk=chunk, lanes=lanes)
+            timed(name, F.bind_backbone(backbone, pre, fc, engine, None), 64,
                   {"engine": "onnx", "chunk": chunk, "lanes": lanes}, loops=1 if quick else 5)
-        F._ORT_CHUNK, F._ORT_LANES = default
     return rates, configs, again
-
-
-def _ort_config(F: Any, backbone: Any, pre: dict[str, Any], fc: Any, lanes: int,
-                chunk: int) -> Any:
-    """An ONNX Runtime runner with these lanes and chunk size (fixed when it is made)."""
-    saved = F._ORT_LANES, F._ORT_CHUNK
-    F._ORT_LANES, F._ORT_CHUNK = lanes, chunk
-    try:
-        return F.make_runner(backbone, pre, fc, "onnx")[0]
-    finally:
-        F._ORT_LANES, F._ORT_CHUNK = saved
 
 
 def end_to_end(backbone: Any, pre: dict[str, Any], warm: list[Any], samples: list[Any],
@@ -500,12 +491,14 @@ def main() -> None:
                                        DATA / "cache-forward", args.quick)
     best = max(fwd, key=fwd.__getitem__)
     engine = configs[best]["engine"]
-    if engine == "onnx":  # end_to_end runs the best forward config
-        from graftwork import features as F
+    e2e_engine: Any = engine
+    if engine == "onnx":  # end_to_end runs the best forward config, passed as an engine object
+        from graftwork.features import OnnxEngine
 
-        F._ORT_CHUNK, F._ORT_LANES = configs[best]["chunk"], configs[best]["lanes"]
+        e2e_engine = OnnxEngine(chunk=configs[best]["chunk"], lanes=configs[best]["lanes"])
     e2e_samples = interleave(train, plan["end_to_end"])
-    e2e = end_to_end(backbone, pre, interleave(val, 64), e2e_samples, DATA / "cache-e2e", engine,
+    e2e = end_to_end(backbone, pre, interleave(val, 64), e2e_samples, DATA / "cache-e2e",
+                     e2e_engine,
                      reps=plan["e2e_reps"], between=lambda: again(best))
     torch_cl = next(k for k in fwd if k.endswith("(graftwork's torch engine)"))
     e2e_torch = {"rate": None}
