@@ -375,14 +375,13 @@ def eval_transform(pre: dict[str, Any]) -> Any:
     return v2.Compose([*_resize_crop(pre), *_to_tensor(pre)])
 
 
-def train_transform(pre: dict[str, Any], aug: AugmentConfig | None) -> Any:
-    """``eval_transform`` plus random affine (rotation, shift, shear, zoom) and flips."""
+def augment_ops(aug: AugmentConfig) -> list[Any]:
+    """The random affine (rotation, shift, shear, zoom; constant fill) and flip of ``aug``, as
+    torchvision v2 transforms (for PIL images and uint8 tensors alike)."""
     import math
 
     from torchvision.transforms import v2
 
-    if aug is None:
-        return eval_transform(pre)
     ops: list[Any] = []
     if aug.rotation or aug.shift or aug.shear or aug.zoom:
         shear = math.degrees(aug.shear)
@@ -393,7 +392,16 @@ def train_transform(pre: dict[str, Any], aug: AugmentConfig | None) -> Any:
             fill=int(aug.fill)))
     if aug.hflip:
         ops.append(v2.RandomHorizontalFlip())
-    return v2.Compose([*_resize_crop(pre), *ops, *_to_tensor(pre)])
+    return ops
+
+
+def train_transform(pre: dict[str, Any], aug: AugmentConfig | None) -> Any:
+    """``eval_transform`` plus random affine (rotation, shift, shear, zoom) and flips."""
+    from torchvision.transforms import v2
+
+    if aug is None:
+        return eval_transform(pre)
+    return v2.Compose([*_resize_crop(pre), *augment_ops(aug), *_to_tensor(pre)])
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -121,6 +121,16 @@ def _make_schedule(name: str, opt: torch.optim.Optimizer, epochs: int,
     raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
 
 
+def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runtime: Runtime | None
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x, y, fp32 logits) on ``runtime``'s device and precision (as given without one)."""
+    if runtime is None:
+        return x, y, model(x)
+    x, y = runtime.to((x, y))
+    with runtime.autocast():
+        return x, y, model(x).float()
+
+
 def evaluate(model: nn.Module, batches: Batches, runtime: Runtime | None = None) -> dict[str, float]:
     """Accuracy and mean cross-entropy in eval mode (on ``runtime``'s device and precision)."""
     was_training = model.training
@@ -130,12 +140,7 @@ def evaluate(model: nn.Module, batches: Batches, runtime: Runtime | None = None)
         for x, y in batches:
             if not len(y):
                 continue
-            if runtime is not None:
-                x, y = runtime.to((x, y))
-                with runtime.autocast():
-                    logits = model(x).float()
-            else:
-                logits = model(x)
+            x, y, logits = _forward(model, x, y, runtime)
             loss_sum += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
             correct += int((logits.argmax(1) == y).sum())
             n += len(y)
@@ -290,12 +295,7 @@ def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
         for x, y in bar:
             if not len(y):
                 continue
-            if runtime is not None:
-                x, y = runtime.to((x, y))
-                with runtime.autocast():
-                    logits = model(x).float()
-            else:
-                logits = model(x)
+            x, y, logits = _forward(model, x, y, runtime)
             loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:  # fp16 on CUDA: scaled gradients

@@ -57,20 +57,11 @@ class AugmentPixels(FastEvalTransform):
 
     def __init__(self, pre: dict[str, Any], aug: Any) -> None:
         super().__init__(pre)
-        import math
-
         from torchvision.transforms import v2
 
-        ops: list[Any] = []
-        if aug.rotation or aug.shift or aug.shear or aug.zoom:
-            shear = math.degrees(aug.shear)
-            ops.append(v2.RandomAffine(
-                degrees=aug.rotation, translate=(aug.shift, aug.shift) if aug.shift else None,
-                scale=(1 - aug.zoom, 1 + aug.zoom) if aug.zoom else None,
-                shear=(-shear, shear, -shear, shear) if aug.shear else None, fill=int(aug.fill)))
-        if aug.hflip:
-            ops.append(v2.RandomHorizontalFlip())
-        self.augment = v2.Compose(ops)
+        from graftwork.data import augment_ops
+
+        self.augment = v2.Compose(augment_ops(aug))
 
     def __call__(self, img: Any) -> torch.Tensor:
         x = super().__call__(img).permute(2, 0, 1)  # CHW view of the crop
