@@ -229,8 +229,6 @@ def _candidates(spec: BackboneSpec, weights_arg: str | None, sources: Sequence[W
             tried.append(found.reason)
         elif found is not None:
             yield found
-            if not found.falls_through:
-                return
 
 
 def _not_found(spec: BackboneSpec, tried: list[str]) -> WeightsNotFoundError:
