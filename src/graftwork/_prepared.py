@@ -6,9 +6,10 @@ and its weights (the saved model holds them). A :class:`PreparedBackbone` gives 
 from one safetensors file without building the network, so such a run never imports timm or
 torchvision (~2 s of a ~4 s run); :meth:`PreparedBackbone.module` builds it when it is needed.
 
-Records live in ``CACHE/backbones/<key>.safetensors``, keyed by the backbone's spec, the weights
-file (path, size, mtime) and the timm and graftwork versions. Hub and random weights are not
-recorded (nothing cheap identifies them).
+Records live in ``CACHE/backbones/<key>.safetensors``, keyed by the backbone's spec, the identity
+of its weights source as :func:`graftwork._weights.resolve_weights` gives it (for a file: path,
+size, mtime) and the timm and graftwork versions. Hub and random weights are not recorded
+(nothing cheap identifies them).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import importlib.metadata
 import json
 import logging
 from dataclasses import asdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from graftwork import _weights
 from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone, get_spec,
                                  is_registered)
+from graftwork.errors import WeightsNotFoundError
 from graftwork.model import freeze_backbone, parameter_counts
 from graftwork.rundir import atomic_file, atomic_write_text
 from graftwork.summary import backbone_table
@@ -44,24 +47,26 @@ def _version(dist: str) -> str:
         return ""
 
 
-def _source_key(name: str, weights: str | None) -> str | None:
-    """A key that changes whenever the weights would: None where nothing cheap says so."""
+def _source_key(name: str, weights: str | None, loaded: WeightsInfo | None = None,
+                sources: Sequence[_weights.WeightSource] | None = None) -> str | None:
+    """A key that changes whenever the weights would: None where nothing cheap says so.
+
+    The weights source is the one :func:`graftwork._weights.resolve_weights` picks; ``loaded``
+    (what a backbone actually got) must have come from it, else there is no key.
+    """
     if weights == "random" or not is_registered(name):
         return None
     spec = get_spec(name)
-    if weights:
-        path: Path | None = Path(weights).resolve()
-    else:
-        path = _weights.package_weights_file(spec.package) if spec.package else None
-    if path is None:  # the hub: only timm knows what it would fetch
-        return None
     try:
-        st = path.stat()
-    except OSError:
+        found, _ = _weights.resolve_weights(spec, weights, sources)
+    except WeightsNotFoundError:
         return None
-    facts = {"format": _FORMAT, "spec": asdict(spec), "weights": str(path), "size": st.st_size,
-             "mtime_ns": st.st_mtime_ns, "timm": _version("timm"),
-             "graftwork": _version("graftwork")}
+    if found.identity is None:  # e.g. the hub: only timm knows what it would fetch
+        return None
+    if loaded is not None and (loaded.source, loaded.location) != (found.source, found.location):
+        return None
+    facts = {"format": _FORMAT, "spec": asdict(spec), "source": found.source, **found.identity,
+             "timm": _version("timm"), "graftwork": _version("graftwork")}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -149,7 +154,7 @@ def store_prepared(root: str | Path, name: str, weights: str | None, backbone: B
                    image_size: int | None = None) -> None:
     """Record ``backbone`` (as loaded from its weights source) for later runs, with its
     summary at ``image_size``; best effort."""
-    key = _source_key(name, weights)
+    key = _source_key(name, weights, backbone.weights)
     if key is None:
         return
     path = _path(root, key)

