@@ -15,7 +15,8 @@ __all__ = ["Frozen", "augmented_batches"]
 def augmented_batches(ctx: PhaseContext):  # type: ignore[no-untyped-def]
     """An epoch of augmented training images for the end-to-end model."""
     s = ctx.session
-    tf = train_transform(s.preprocessing, ctx.params.get("augment"))
+    tf = train_transform(s.preprocessing, ctx.params.get("augment"),
+                         ctx.params.get("augment_policy") or "classic")
     return lambda g, bs: s.image_batches(ctx.splits.train, tf, g, bs)
 
 
