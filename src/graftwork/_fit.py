@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 def validate_params(params: dict[str, Any]) -> None:
     """Every parameter checked before any work: ranges (``graftwork.params``) and choices."""
+    from graftwork.data import AUGMENT_POLICIES
     from graftwork.heads import HEADS
     from graftwork.params import PARAMS, check_params
     from graftwork.training import OPTIMIZERS, SCHEDULES
@@ -48,10 +49,12 @@ def validate_params(params: dict[str, Any]) -> None:
     Runtime.resolve(params["device"], params["precision"])  # ConfigError for a bad --device
     for name, value, allowed in (("head", params["head"], HEADS),
                                  ("optimizer", params["optimizer"], (None, *OPTIMIZERS)),
-                                 ("schedule", params["schedule"], (None, *SCHEDULES))):
+                                 ("schedule", params["schedule"], (None, *SCHEDULES)),
+                                 ("augment_policy", params.get("augment_policy", "classic"),
+                                  AUGMENT_POLICIES)):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {[a for a in allowed if a]}",
-                              f"choose one of those for --{name}")
+                              f"choose one of those for --{name.replace('_', '-')}")
     weights = params.get("class_weights")
     if not (weights is None or weights == "auto" or isinstance(weights, dict)):
         raise ConfigError(f"class_weights={weights!r} must be None, 'auto' or a mapping of "

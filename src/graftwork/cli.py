@@ -153,7 +153,8 @@ def unfreeze_value(value: str) -> int | str:
 @click.option("--train-bn", is_flag=True, help="Let unfrozen BN layers update statistics.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
 @click.option("--no-recalibrate", is_flag=True, help="Skip BN recalibration after training.")
-@click.option("--augment-policy", type=click_type("augment_policy"), default="classic",
+@click.option("--augment-policy", type=click.Choice(["classic", "mild", "trivialwide", "none"]),
+              default="classic",
               show_default=True, help="Augmentation recipe (frozen/finetune, --aug-views).")
 @click.option("--aug-views", type=click_type("aug_views"), default=0, show_default=True,
               help="extract: K augmented views of every training image as extra features.")

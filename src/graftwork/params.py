@@ -129,12 +129,6 @@ PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
     _spec("num_workers", "int", 0, 64, 4, "DataLoader workers.", flag="--workers", none=True),
     _spec("aug_views", "int", 0, 64, 4, "Augmented views per image for cached features."),
     _spec("label_smoothing", "float", 0, 0.5, 0.1, "Label smoothing of the training loss."),
-    ParamSpec("augment_policy", "choice", choices=("classic", "mild", "trivialwide", "none"),
-              flag="--augment-policy", help="Training augmentation recipe.", example="mild"),
-    ParamSpec("tta", "bool", flag="--tta", help="Average each image's and its mirror's "
-              "probabilities at evaluation and prediction."),
-    ParamSpec("calibrate", "bool", flag="--calibrate",
-              help="Fit a softmax temperature on the validation split."),
     _spec("top_k", "int", 1, 1000, 5, "Classes listed per image (predict)."),
     _spec("smoothing", "float", 0, 1, 0.8, "Smoothing of the report's curves.", hi_open=True),
 )}
