@@ -235,3 +235,12 @@ def test_cli_flags(tiny_data: Path, cache_dir: str, tmp_path: Path) -> None:
     bad = CliRunner().invoke(main, [*args[:2], "--out", str(tmp_path / "b"),
                                     "--class-weights", "cats=2"])
     assert bad.exit_code == 2 and "class-weights" in bad.output
+
+
+def test_bad_choices_fail_before_work(tiny_data: Path, cache_dir: str) -> None:
+    with pytest.raises(ConfigError, match="augment-policy"):
+        _clf(cache_dir, augment_policy="wild").fit(tiny_data)
+    with pytest.raises(ConfigError, match="class_weights"):
+        _clf(cache_dir, class_weights="inverse").fit(tiny_data)
+    with pytest.raises(ConfigError, match="aug_views"):
+        _clf(cache_dir, aug_views=65).fit(tiny_data)
