@@ -26,7 +26,7 @@ from graftwork.features import ENGINES, default_cache_dir
 from graftwork.heads import build_head, head_dropout
 from graftwork.model import bn_layers
 from graftwork.phases import SEQUENCES, PhaseContext, plan
-from graftwork.training import evaluate, seed_everything
+from graftwork.training import evaluate, resolve_class_weights, seed_everything
 
 if TYPE_CHECKING:
     from graftwork.classifier import ImageClassifier
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 def validate_params(params: dict[str, Any]) -> None:
     """Every parameter checked before any work: ranges (``graftwork.params``) and choices."""
+    from graftwork.data import AUGMENT_POLICIES
     from graftwork.heads import HEADS
     from graftwork.params import PARAMS, check_params
     from graftwork.training import OPTIMIZERS, SCHEDULES
@@ -51,10 +52,16 @@ def validate_params(params: dict[str, Any]) -> None:
                           "choose one of those for --engine")
     for name, value, allowed in (("head", params["head"], HEADS),
                                  ("optimizer", params["optimizer"], (None, *OPTIMIZERS)),
-                                 ("schedule", params["schedule"], (None, *SCHEDULES))):
+                                 ("schedule", params["schedule"], (None, *SCHEDULES)),
+                                 ("augment_policy", params.get("augment_policy", "classic"),
+                                  AUGMENT_POLICIES)):
         if value not in allowed:
             raise ConfigError(f"{name}={value!r} is not one of {[a for a in allowed if a]}",
-                              f"choose one of those for --{name}")
+                              f"choose one of those for --{name.replace('_', '-')}")
+    weights = params.get("class_weights")
+    if not (weights is None or weights == "auto" or isinstance(weights, dict)):
+        raise ConfigError(f"class_weights={weights!r} must be None, 'auto' or a mapping of "
+                          "class name to weight", """pass --class-weights auto or '{"cat": 2}'""")
     unfreeze = params["unfreeze"]
     if unfreeze != "all" and (not isinstance(unfreeze, int) or isinstance(unfreeze, bool)
                               or unfreeze < 0):
@@ -79,11 +86,15 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
                       cache_dir=params["cache_dir"], batch_size=params["batch_size"],
                       num_workers=params["num_workers"], strict=params["strict"],
                       progress=params["progress"], engine=params["engine"])
+    session.tta = bool(params.get("tta"))
     session.skipped.update({s.path: s.reason for s in splits.skipped})  # not images: never
                                                                     # an error, even --strict
     history = History()
     ctx = PhaseContext(params, session, splits, checkpoint_dir, resume,
-                       [history, LogLines(), *callbacks])
+                       [history, LogLines(), *callbacks],
+                       class_weights=resolve_class_weights(params.get("class_weights"),
+                                                           splits.classes,
+                                                           [s.label for s in splits.train]))
     if any(p.needs_network for p in phases):
         ctx.runtime = Runtime.resolve(params["device"], params["precision"])
         log.info("device %s, precision %s (%s)", *ctx.runtime.describe().values())
@@ -123,7 +134,10 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
         clf.best_phase_, session.pristine = best[2], best[4]
     clf.bn_ = recalibrate_if_needed(session, splits, params)
     session.eval()
+    calibration = calibrate_if_asked(clf, session, splits, params)
     clf.metrics_ = _final_metrics(clf, session, splits, time.perf_counter() - t0)
+    if calibration:
+        clf.metrics_["calibration"] = calibration
 
 
 def _resolve_backbone(params: dict[str, Any], needs_network: bool) -> Any:
@@ -194,6 +208,35 @@ def recalibrate_if_needed(session: Session, splits: Splits, params: dict[str, An
     after = _evaluate(session, splits.val) if splits.val else {}
     policy.update(recalibrated=True, layers=len(names), val_before=before, val_after=after)
     return policy
+
+
+def calibrate_if_asked(clf: ImageClassifier, session: Session, splits: Splits,
+                       params: dict[str, Any]) -> dict[str, Any]:
+    """With ``calibrate``: a softmax temperature fitted on the validation logits, applied by
+    the session from now on (``clf.calibration_``); returns the metrics section (ECE and
+    reliability bins before/after, on the test split if there is one, else validation)."""
+    from graftwork.calibration import calibration_report, fit_temperature
+
+    clf.calibration_ = None
+    session.temperature = 1.0
+    if not params.get("calibrate"):
+        return {}
+    if not splits.val:
+        log.warning("calibrate: no validation images, temperature left at 1")
+        return {}
+    logits, ok = session.logits(splits.val)
+    labels = torch.tensor([s.label for s in splits.val], dtype=torch.long)[ok]
+    temperature = fit_temperature(logits, labels)
+    name, samples = ("test", splits.test) if splits.test else ("val", splits.val)
+    if name == "test":
+        logits, ok = session.logits(samples)
+        labels = torch.tensor([s.label for s in samples], dtype=torch.long)[ok]
+    session.temperature = temperature
+    clf.calibration_ = {"temperature": temperature}
+    report = calibration_report(logits, labels, temperature)
+    log.info("calibration: temperature %.3f, %s ECE %.4f -> %.4f", temperature, name,
+             report["ece_before"], report["ece_after"])
+    return {**report, "split": name}
 
 
 def _final_metrics(clf: ImageClassifier, session: Session, splits: Splits,

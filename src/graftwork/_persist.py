@@ -49,6 +49,7 @@ def run_config(clf: ImageClassifier) -> dict[str, Any]:
     """Everything needed to rebuild ``clf``'s model, and to know how it was made."""
     session: Session = clf.session_
     backbone = session.backbone
+    calibration = getattr(clf, "calibration_", None)
     return {
         "graftwork_format": rundir.FORMAT_VERSION,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -66,6 +67,7 @@ def run_config(clf: ImageClassifier) -> dict[str, Any]:
         "trainable": getattr(clf, "trainable_", {}),
         "splits": clf.splits_.counts() if hasattr(clf, "splits_") else {},
         "runtime": getattr(clf, "runtime_", {}),
+        **({"calibration": dict(calibration)} if calibration else {}),
         "versions": rundir.package_versions(),
     }
 
@@ -145,6 +147,21 @@ def wrap_model(cls: type[C], model: GraftModel, classes: Sequence[str],
     return clf
 
 
+def _calibration(cfg: dict[str, Any], run: Path) -> dict[str, Any] | None:
+    """config.json's ``calibration`` ({"temperature": T > 0}) or None."""
+    import math
+
+    section = cfg.get("calibration")
+    if section is None:
+        return None
+    t = section.get("temperature") if isinstance(section, dict) else None
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+        raise rundir.RunConfigError(f"{str(run / rundir.CONFIG_FILE)!r}: calibration.temperature "
+                                    f"must be a positive number (got {t!r})",
+                                    "restore the run, or retrain it")
+    return {"temperature": float(t)}
+
+
 def load_run(cls: type[C], run_dir: str | Path) -> C:
     """Rebuild a saved classifier from ``run_dir``: config validated (format, fields, known
     parameters) and checked against its seal; no pickled code is executed."""
@@ -179,6 +196,8 @@ def load_run(cls: type[C], run_dir: str | Path) -> C:
     clf.bn_ = {k: v for k, v in cfg["bn_policy"].items() if k != "train_bn"}
     clf.trainable_ = cfg.get("trainable", {})
     clf.session_ = _session_for(clf, model, clf.preprocessing_)
+    clf.calibration_ = _calibration(cfg, run)
+    clf.session_.temperature = clf.calibration_["temperature"] if clf.calibration_ else 1.0
     if (run / rundir.METRICS_FILE).is_file():
         clf.metrics_ = rundir.read_metrics(run)
     return clf

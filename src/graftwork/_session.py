@@ -40,6 +40,8 @@ class Session:
         self.strict = strict
         self.progress = progress
         self.engine = engine
+        self.tta = False  # average the probabilities of each image and its mirror image
+        self.temperature = 1.0  # logits are divided by it (temperature scaling)
         self.pristine = True  # backbone weights as pretrained: cached features are valid
         self.skipped: dict[str, str] = {}
         self.unfrozen_blocks: list[str] = []
@@ -160,18 +162,36 @@ class Session:
         """Eval-mode logits of the decodable samples and the mask of which those are.
 
         With a pristine backbone the cached features serve; otherwise the whole network runs.
+        With ``tta`` they are the log of the probabilities averaged over each image and its
+        horizontal flip; they are divided by ``temperature`` (1 unless calibrated).
         """
+        logits, ok = self._raw_logits(samples)
+        return (logits / self.temperature if self.temperature != 1.0 else logits), ok
+
+    def _raw_logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        from graftwork.calibration import tta_logits
+
         self.eval()
         if self.pristine:
             res = self.extract(samples, "features eval")
+            if not self.tta:
+                with torch.inference_mode():
+                    return self.head(res.features[res.ok]), res.ok  # type: ignore[index]
+            from graftwork.features.views import HFLIP, extract_views
+
+            flip = extract_views(self, samples, HFLIP, 1, "features eval (flipped)")
+            ok = res.ok & flip.ok
             with torch.inference_mode():
-                return self.head(res.features[res.ok]), res.ok  # type: ignore[index]
+                return tta_logits(self.head(res.features[ok]),  # type: ignore[index]
+                                  self.head(flip.features[ok])), ok  # type: ignore[index]
         ok = torch.zeros(len(samples), dtype=torch.bool)
         out = []
         with torch.inference_mode():
             for batch in self.loader(samples, eval_transform(self.preprocessing), 64):
                 if len(batch["indices"]):
-                    out.append(self.model(batch["images"]))
+                    x = batch["images"]
+                    out.append(tta_logits(self.model(x), self.model(x.flip(-1))) if self.tta
+                               else self.model(x))
                     ok[batch["indices"]] = True
                 self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
         n = self.head_outputs()

@@ -42,6 +42,12 @@ class ImageClassifier(ParamsMixin):
     blocks trained with a small learning rate), ``ladder`` (all three, each warm-starting the
     next; the best by validation is kept). ``epochs``/``lr``/``optimizer``/``schedule``/
     ``patience`` left as None take each phase's defaults. Learned attributes end in ``_``.
+
+    Quality options: ``augment_policy`` (classic, mild, trivialwide, none), ``aug_views``
+    (``extract``: K augmented views of every training image as extra cached features),
+    ``tta`` (average each image's and its mirror image's probabilities), ``class_weights``
+    (None, ``"auto"`` inverse frequency, or {class: weight}), ``calibrate`` (temperature
+    scaling on the validation split; ``calibration_`` and ``metrics_["calibration"]``).
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", strategy: str = "extract", *,
@@ -52,6 +58,8 @@ class ImageClassifier(ParamsMixin):
                  unfreeze: int | str = 1, lr_decay: float = 0.5, train_bn: bool = False,
                  label_smoothing: float = 0.0,
                  augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
+                 augment_policy: str = "classic", aug_views: int = 0, tta: bool = False,
+                 class_weights: str | dict[str, float] | None = None, calibrate: bool = False,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
                  device: str = "auto", precision: str = "auto", engine: str = "auto",
                  cache_dir: str | None = None, num_workers: int | None = None,
@@ -75,6 +83,11 @@ class ImageClassifier(ParamsMixin):
         self.label_smoothing = label_smoothing
         self.augment = augment
         self.recalibrate = recalibrate
+        self.augment_policy = augment_policy
+        self.aug_views = aug_views
+        self.tta = tta
+        self.class_weights = class_weights
+        self.calibrate = calibrate
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed
@@ -112,6 +125,7 @@ class ImageClassifier(ParamsMixin):
         if session is None:
             raise NotFittedError("this classifier is not fitted yet",
                                  "call fit(DATA) or ImageClassifier.load(RUN) first")
+        session.tta = bool(self.tta)  # set_params(tta=...) after fitting or loading applies
         return session
 
     # ------------------------------------------------------------------ using the model

@@ -153,6 +153,15 @@ def unfreeze_value(value: str) -> int | str:
 @click.option("--train-bn", is_flag=True, help="Let unfrozen BN layers update statistics.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
 @click.option("--no-recalibrate", is_flag=True, help="Skip BN recalibration after training.")
+@click.option("--augment-policy", type=click.Choice(["classic", "mild", "trivialwide", "none"]),
+              default="classic",
+              show_default=True, help="Augmentation recipe (frozen/finetune, --aug-views).")
+@click.option("--aug-views", type=click_type("aug_views"), default=0, show_default=True,
+              help="extract: K augmented views of every training image as extra features.")
+@click.option("--tta", is_flag=True, help="Average each image's and its mirror's probabilities.")
+@click.option("--class-weights", "class_weights_text", default=None,
+              help="""Loss weight per class: 'auto' (inverse frequency) or JSON '{"cat": 2}'.""")
+@click.option("--calibrate", is_flag=True, help="Fit a softmax temperature on validation.")
 @click.option("--val-fraction", type=click_type("val_fraction"), default=0.2, show_default=True)
 @click.option("--test-fraction", type=click_type("test_fraction"), default=0.2,
               show_default=True)
@@ -179,7 +188,8 @@ def unfreeze_value(value: str) -> int | str:
 @_friendly
 def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: bool,
           no_recalibrate: bool, workers: int | None, resume: bool, loggers: tuple[str, ...],
-          report: bool, quiet: bool, verbose: bool, **params: Any) -> None:
+          report: bool, quiet: bool, verbose: bool, class_weights_text: str | None,
+          **params: Any) -> None:
     """Train a classifier on DATA (DATA/train|val|test/<class>/ or DATA/<class>/)."""
     from graftwork import rundir
     from graftwork.callbacks import create_loggers
@@ -190,7 +200,8 @@ def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: boo
     _setup_logging(verbose, quiet, bars)
     clf = ImageClassifier(**params, unfreeze=unfreeze_value(unfreeze),
                           augment=None if no_augment else AugmentConfig(),
-                          recalibrate=not no_recalibrate, num_workers=workers, progress=bars)
+                          recalibrate=not no_recalibrate, num_workers=workers, progress=bars,
+                          class_weights=class_weights_value(class_weights_text))
     from graftwork._fit import validate_params
 
     validate_params(clf.get_params(deep=False))  # before touching --out
@@ -208,6 +219,22 @@ def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: boo
         if report:
             build_report_quietly(out)
     click.echo(final_summary(clf, out))
+
+
+def class_weights_value(text: str | None) -> str | dict[str, float] | None:
+    """``--class-weights``: None, 'auto', or a JSON object of class name to weight."""
+    if text is None or text == "auto":
+        return text
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        from graftwork.errors import ConfigError
+
+        raise ConfigError(f"--class-weights {text!r} is neither 'auto' nor a JSON object",
+                          """pass --class-weights auto or '{"cat": 2.0, "dog": 1.0}'""")
+    return value
 
 
 def build_report_quietly(out: Path) -> None:
@@ -252,13 +279,18 @@ def final_summary(clf: Any, out: Path) -> str:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation (default: as "
+              "trained).")
 @_friendly
-def evaluate_cmd(run: Path, data: Path, as_json: bool) -> None:
+def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None) -> None:
     """Accuracy and loss of the model in RUN on DATA (one sub-folder per class)."""
     from graftwork.classifier import ImageClassifier
 
     _setup_logging(False, True)
-    result = ImageClassifier.load(run).evaluate(data)
+    clf = ImageClassifier.load(run)
+    if tta is not None:
+        clf.set_params(tta=tta)
+    result = clf.evaluate(data)
     if as_json:
         click.echo(json.dumps(result))
     else:
@@ -272,8 +304,11 @@ def evaluate_cmd(run: Path, data: Path, as_json: bool) -> None:
 @click.option("--top-k", type=click_type("top_k"), default=1, show_default=True)
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
               show_default=True)
+@click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation (default: as "
+              "trained).")
 @_friendly
-def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str) -> None:
+def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
+            tta: bool | None) -> None:
     """Predict the class of image files and folders of images with the model in RUN."""
     import csv
 
@@ -281,7 +316,10 @@ def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str) -> None:
     from graftwork.rundir import csv_safe
 
     _setup_logging(False, True)
-    rows = ImageClassifier.load(run).predict(list(inputs), top_k=top_k)
+    clf = ImageClassifier.load(run)
+    if tta is not None:
+        clf.set_params(tta=tta)
+    rows = clf.predict(list(inputs), top_k=top_k)
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return

@@ -17,11 +17,12 @@ import numpy as np
 import torch
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from graftwork.errors import BadImageError, DataError
+from graftwork.errors import BadImageError, ConfigError, DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS", "Sample", "Splits", "Skipped", "discover", "list_images", "load_image",
     "ImageDataset", "collate_skip", "eval_transform", "train_transform", "AugmentConfig",
+    "augment_ops", "AUGMENT_POLICIES",
 ]
 
 log = logging.getLogger(__name__)
@@ -375,13 +376,28 @@ def eval_transform(pre: dict[str, Any]) -> Any:
     return v2.Compose([*_resize_crop(pre), *_to_tensor(pre)])
 
 
-def augment_ops(aug: AugmentConfig) -> list[Any]:
-    """The random affine (rotation, shift, shear, zoom; constant fill) and flip of ``aug``, as
-    torchvision v2 transforms (for PIL images and uint8 tensors alike)."""
+AUGMENT_POLICIES = ("classic", "mild", "trivialwide", "none")
+#: ``mild``: smaller affine changes than the classic (Keras-tutorial) recipe, no shear.
+MILD = AugmentConfig(rotation=10.0, shift=0.1, shear=0.0, zoom=0.1, hflip=True)
+
+
+def augment_ops(aug: AugmentConfig | None, policy: str = "classic") -> list[Any]:
+    """The random augmentation ops of ``policy`` (they work on PIL images and tensors):
+    ``classic`` = ``aug``, ``mild`` = :data:`MILD`, ``trivialwide`` = torchvision's
+    TrivialAugmentWide + flips, ``none`` (or ``aug`` None) = no augmentation."""
     import math
 
     from torchvision.transforms import v2
 
+    if policy not in AUGMENT_POLICIES:
+        raise ConfigError(f"augment_policy={policy!r} is not one of {list(AUGMENT_POLICIES)}",
+                          "pass --augment-policy " + "|".join(AUGMENT_POLICIES))
+    if aug is None or policy == "none":
+        return []
+    if policy == "trivialwide":
+        return [v2.TrivialAugmentWide(fill=int(aug.fill)), v2.RandomHorizontalFlip()]
+    if policy == "mild":
+        aug = MILD
     ops: list[Any] = []
     if aug.rotation or aug.shift or aug.shear or aug.zoom:
         shear = math.degrees(aug.shear)
@@ -395,13 +411,16 @@ def augment_ops(aug: AugmentConfig) -> list[Any]:
     return ops
 
 
-def train_transform(pre: dict[str, Any], aug: AugmentConfig | None) -> Any:
-    """``eval_transform`` plus random affine (rotation, shift, shear, zoom) and flips."""
+def train_transform(pre: dict[str, Any], aug: AugmentConfig | None,
+                    policy: str = "classic") -> Any:
+    """``eval_transform`` plus the augmentation of ``policy`` (see :func:`augment_ops`;
+    ``classic``: random affine (rotation, shift, shear, zoom) and flips from ``aug``)."""
     from torchvision.transforms import v2
 
-    if aug is None:
+    ops = augment_ops(aug, policy)
+    if not ops:
         return eval_transform(pre)
-    return v2.Compose([*_resize_crop(pre), *augment_ops(aug), *_to_tensor(pre)])
+    return v2.Compose([*_resize_crop(pre), *ops, *_to_tensor(pre)])
 
 
 class ImageDataset(torch.utils.data.Dataset):

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,8 @@ from graftwork.devices import Runtime
 from graftwork.rundir import atomic_file
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
-           "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads"]
+           "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads",
+           "resolve_class_weights"]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +41,44 @@ class TrainConfig:
     seed: int = 0
     batch_size: int = 32
     label_smoothing: float = 0.0
+    class_weights: tuple[float, ...] | None = None  # cross-entropy weight per class
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The settings (``class_weights`` only when set: older checkpoints still resume)."""
+        d = asdict(self)
+        if d["class_weights"] is None:
+            del d["class_weights"]
+        return d
+
+
+def resolve_class_weights(spec: None | str | Mapping[str, float], classes: Sequence[str],
+                          labels: Sequence[int]) -> tuple[float, ...] | None:
+    """Per-class loss weights: None (all 1), ``"auto"`` (inverse frequency,
+    ``n / (k * count_c)``) or a mapping of class name to weight (classes not named get 1).
+    An unknown class name, a bad weight or another string is a ``ConfigError``."""
+    from graftwork.errors import ConfigError
+
+    if spec is None:
+        return None
+    if spec == "auto":
+        counts = [0] * len(classes)
+        for y in labels:
+            counts[y] += 1
+        n, k = len(labels), len(classes)
+        return tuple(n / (k * c) if c else 1.0 for c in counts)
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"class_weights={spec!r} must be 'auto' or a mapping of class name "
+                          "to weight", """pass --class-weights auto or '{"cat": 2.0}'""")
+    unknown = sorted(set(spec) - set(classes))
+    if unknown:
+        raise ConfigError(f"class_weights names unknown classes {unknown} (classes: "
+                          f"{list(classes)})", "use the class folder names")
+    for name, w in spec.items():
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) \
+                or w <= 0:
+            raise ConfigError(f"class_weights[{name!r}] must be a positive number (got {w!r})",
+                              "give every named class a weight above 0")
+    return tuple(float(spec.get(c, 1.0)) for c in classes)
 
 
 @dataclass
@@ -257,7 +293,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         row = _train_epoch(model, train_batches(gen), opt, sched, steps_per_epoch,
                            f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing,
-                           runtime)
+                           runtime, cfg.class_weights)
         val = validate() if validate is not None else {}
         row = {"phase": phase, "epoch": epoch, **row,
                "val_loss": val.get("loss", ""), "val_accuracy": val.get("accuracy", ""),
@@ -286,8 +322,10 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
 
 def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
                  sched: Any, steps: int, desc: str, progress: bool,
-                 label_smoothing: float = 0.0, runtime: Runtime | None = None) -> dict[str, float]:
+                 label_smoothing: float = 0.0, runtime: Runtime | None = None,
+                 class_weights: Sequence[float] | None = None) -> dict[str, float]:
     model.train()
+    weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     scaler = runtime.precision.grad_scaler(runtime.device) if runtime is not None else None
     loss_sum, correct, n = 0.0, 0, 0
     with tqdm(batches, total=steps, desc=desc, unit="batch", disable=not progress,
@@ -296,7 +334,9 @@ def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
             if not len(y):
                 continue
             x, y, logits = _forward(model, x, y, runtime)
-            loss = nn.functional.cross_entropy(logits, y, label_smoothing=label_smoothing)
+            w = weight.to(logits.device) if weight is not None else None
+            loss = nn.functional.cross_entropy(logits, y, weight=w,
+                                               label_smoothing=label_smoothing)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:  # fp16 on CUDA: scaled gradients
                 scaler.scale(loss).backward()

@@ -55,13 +55,13 @@ class AugmentPixels(FastEvalTransform):
     then random affine (rotation, shift, shear, zoom; constant fill) and horizontal flip, as
     ``data.train_transform`` does, but on a uint8 tensor and uint8 HWC out (for the engines)."""
 
-    def __init__(self, pre: dict[str, Any], aug: Any) -> None:
+    def __init__(self, pre: dict[str, Any], aug: Any, policy: str = "classic") -> None:
         super().__init__(pre)
         from torchvision.transforms import v2
 
         from graftwork.data import augment_ops
 
-        self.augment = v2.Compose(augment_ops(aug))
+        self.augment = v2.Compose(augment_ops(aug, policy))
 
     def __call__(self, img: Any) -> torch.Tensor:
         x = super().__call__(img).permute(2, 0, 1)  # CHW view of the crop

@@ -125,15 +125,18 @@ def bind_backbone(backbone: Any, preprocessing: dict[str, Any], cache: FeatureCa
 def _run_extraction(backbone: Any, cache: FeatureCache, samples: list[Sample],
                     digests: list[bytes | None], preprocessing: dict[str, Any], batch_size: int,
                     num_workers: int | None, progress: bool, desc: str,
-                    engine: str | Engine | None) -> tuple[list[tuple[int, str]], str]:
+                    engine: str | Engine | None, dataset: Any = None
+                    ) -> tuple[list[tuple[int, str]], str]:
     """Extract features of ``samples`` in batches, writing shards as they fill up; returns the
     failures as (position, reason) and the engine's name. Decode workers (one per core) and the
-    backbone take turns, see :class:`Gated`."""
+    backbone take turns, see :class:`Gated`. ``dataset`` replaces the default one (decoded,
+    resized and cropped ``samples``), e.g. augmented views (:mod:`.views`)."""
     if not samples:
         return [], ""
     workers = extract_workers() if num_workers is None else num_workers
-    dataset: Any = ImageDataset(samples, FastEvalTransform(preprocessing),
-                                draft_size=resize_size(preprocessing))
+    if dataset is None:
+        dataset = ImageDataset(samples, FastEvalTransform(preprocessing),
+                               draft_size=resize_size(preprocessing))
     gate = context = None
     if workers:
         import multiprocessing

@@ -88,7 +88,8 @@ def pixel_batches(session: Any, samples: Sequence[Sample], augment: Any, policy:
                   ) -> Callable[[torch.Generator | None, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
     """Epochs of uint8 NHWC batches: augmented when ``augment`` is given, else eval crops."""
     pre = session.preprocessing
-    tf = AugmentPixels(pre, augment) if augment is not None else FastEvalTransform(pre)
+    tf = (AugmentPixels(pre, augment, policy or "classic") if augment is not None
+          and policy != "none" else FastEvalTransform(pre))
 
     def epoch(generator: torch.Generator | None, batch_size: int
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

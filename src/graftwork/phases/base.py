@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -64,6 +64,7 @@ class PhaseContext:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     previous: str | None = None  # the phase that ran before this one, if any
     runtime: Runtime | None = None  # device and precision of phases that run the network
+    class_weights: tuple[float, ...] | None = None  # loss weight per class (None: all 1)
 
     def checkpoint(self, phase: str) -> Path | None:
         if self.checkpoint_dir is None:
@@ -140,6 +141,8 @@ class Phase:
             ctx.session.pristine = False
         plan = self.batches(ctx)
         cfg = self.config(ctx.params, plan.n)
+        if ctx.class_weights is not None:
+            cfg = replace(cfg, class_weights=ctx.class_weights)
         groups = self.param_groups(ctx, cfg)
         dispatch(ctx.callbacks, "on_phase_start", self.name, {"config": cfg.as_dict(),
                                                               **counts})

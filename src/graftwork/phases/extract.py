@@ -5,11 +5,32 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
+from graftwork.errors import ConfigError
 from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
                                    feature_batch_size, sqrt_scaled_lr)
 from graftwork.training import TrainConfig, evaluate, tensor_batches, torch_threads
 
-__all__ = ["Extract"]
+__all__ = ["Extract", "augmented_views"]
+
+
+def augmented_views(ctx: PhaseContext, views: int, x: torch.Tensor, y: torch.Tensor
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x, y)`` followed by the cached features of ``views`` augmented views of every
+    training image (:mod:`graftwork.features.views`)."""
+    from graftwork.features.views import augment_recipe, extract_views
+
+    s, train = ctx.session, ctx.splits.train
+    recipe = augment_recipe(ctx.params.get("augment"), ctx.params.get("augment_policy")
+                            or "classic")
+    res = extract_views(s, train, recipe, views, "features train views")
+    stats = s.extract_stats
+    stats["views_extracted"] = stats.get("views_extracted", 0) + res.extracted
+    stats["views_cached"] = stats.get("views_cached", 0) + res.cached
+    labels = torch.tensor([smp.label for smp in train], dtype=torch.long).repeat(views)
+    return (torch.cat([x, res.features[res.ok]]),  # type: ignore[index]
+            torch.cat([y, labels[res.ok]]))
 
 
 class Extract(Phase):
@@ -25,9 +46,19 @@ class Extract(Phase):
         lr = cfg.lr if params.get("lr") else sqrt_scaled_lr(cfg.lr, batch, cfg.batch_size)
         return TrainConfig(**{**cfg.as_dict(), "batch_size": batch, "lr": lr})
 
+    def check(self, ctx: PhaseContext) -> None:
+        """``aug_views`` needs an augmentation to make views with."""
+        if ctx.params.get("aug_views") and (ctx.params.get("augment") is None
+                                            or ctx.params.get("augment_policy") == "none"):
+            raise ConfigError("aug_views (--aug-views) needs augmentation, which is off",
+                              "drop --no-augment / --augment-policy none, or --aug-views")
+
     def batches(self, ctx: PhaseContext) -> PhasePlan:
         s = ctx.session
         x, y = s.features(ctx.splits.train, "features train")
+        views = ctx.params.get("aug_views") or 0
+        if views:  # the original features + K augmented views of every training image
+            x, y = augmented_views(ctx, views, x, y)
         head = s.head
         validate = None
         if ctx.splits.val:

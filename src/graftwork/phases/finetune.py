@@ -83,7 +83,8 @@ class Finetune(Phase):
                              planned_images(ctx, self.defaults))
         tail = nn.Sequential(suffix, model.head)
         return PhasePlan(OnEngine(runner, tail, model),
-                         pixel_batches(s, ctx.splits.train, ctx.params.get("augment")),
+                         pixel_batches(s, ctx.splits.train, ctx.params.get("augment"),
+                                       ctx.params.get("augment_policy")),
                          self._validation(ctx, runner, tail), n)
 
     @staticmethod

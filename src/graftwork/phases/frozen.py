@@ -18,7 +18,8 @@ __all__ = ["Frozen", "augmented_batches"]
 def augmented_batches(ctx: PhaseContext):  # type: ignore[no-untyped-def]
     """An epoch of augmented, normalised training images for the all-torch model."""
     s = ctx.session
-    tf = train_transform(s.preprocessing, ctx.params.get("augment"))
+    tf = train_transform(s.preprocessing, ctx.params.get("augment"),
+                         ctx.params.get("augment_policy") or "classic")
     return lambda g, bs: s.image_batches(ctx.splits.train, tf, g, bs)
 
 
@@ -50,7 +51,8 @@ class Frozen(Phase):
             runner = bind_backbone(model.backbone, s.preprocessing, s.cache(), s.engine,
                                    planned_images(ctx, self.defaults))
             return PhasePlan(OnEngine(runner, model.head, model),
-                             pixel_batches(s, ctx.splits.train, ctx.params.get("augment")),
+                             pixel_batches(s, ctx.splits.train, ctx.params.get("augment"),
+                                           ctx.params.get("augment_policy")),
                              validate, n, runtime=False)
         model.to(memory_format=torch.channels_last)
         model.to(ctx.runtime.device)  # type: ignore[union-attr]

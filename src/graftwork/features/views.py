@@ -1,0 +1,111 @@
+"""Augmented views of images as cached backbone features.
+
+A view is an image transformed by a recipe (the training augmentation, or a horizontal flip for
+test-time augmentation), then resized and cropped like extraction does, run once through the
+frozen backbone. Its features are cached under a derived digest,
+``sha256(file digest + recipe JSON + view index)``, in the same shards as the images' own, so a
+re-run extracts nothing. The random augmentation of view ``v`` of an image is seeded by that
+digest: the same image always gets the same views.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from graftwork._digests import file_digests
+from graftwork.data import AugmentConfig, ImageDataset, Sample, Skipped, augment_ops
+from graftwork.features.cache import FeatureCache, default_cache_dir
+from graftwork.features.decode import FastEvalTransform, resize_size
+from graftwork.features.pipeline import ExtractResult, _run_extraction
+
+if TYPE_CHECKING:
+    from graftwork._session import Session
+
+__all__ = ["HFLIP", "augment_recipe", "view_digest", "ViewDataset", "extract_views"]
+
+log = logging.getLogger(__name__)
+
+#: The test-time-augmentation view: the image mirrored left-right.
+HFLIP: dict[str, Any] = {"view": "hflip"}
+
+
+def augment_recipe(aug: AugmentConfig | None, policy: str) -> dict[str, Any]:
+    """The recipe of training-augmentation views (what their cache keys depend on)."""
+    return {"view": "augment", "policy": policy, "augment": aug.as_dict() if aug else None}
+
+
+def view_digest(digest: bytes, recipe: dict[str, Any], index: int) -> bytes:
+    """The 32-byte cache key of view ``index`` of the image whose file digest is ``digest``."""
+    text = json.dumps(recipe, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(digest + text.encode() + f"/{index}".encode()).digest()
+
+
+def _ops(recipe: dict[str, Any]) -> list[Any]:
+    from torchvision.transforms import v2
+
+    if recipe["view"] == "hflip":
+        return [v2.RandomHorizontalFlip(p=1.0)]
+    aug = AugmentConfig(**recipe["augment"]) if recipe["augment"] else None
+    return augment_ops(aug, recipe["policy"])
+
+
+class ViewDataset(ImageDataset):
+    """Views of samples as uint8 HWC tensors; item ``i``'s randomness is seeded by ``seeds[i]``
+    (the global torch generator is left as it was)."""
+
+    def __init__(self, samples: Sequence[Sample], seeds: Sequence[int], recipe: dict[str, Any],
+                 pre: dict[str, Any]) -> None:
+        from torchvision.transforms import v2
+
+        super().__init__(samples, v2.Compose([*_ops(recipe), FastEvalTransform(pre)]),
+                         draft_size=resize_size(pre))
+        self.seeds = list(seeds)
+
+    def __getitem__(self, index: int) -> tuple[Any, ...]:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seeds[index])
+            return super().__getitem__(index)
+
+
+def extract_views(session: Session, samples: Sequence[Sample], recipe: dict[str, Any],
+                  views: int, desc: str) -> ExtractResult:
+    """Features of ``views`` views of every sample (rows view-major: all samples' view 0, then
+    view 1, ...), from the cache where possible; ``ok`` marks the usable rows."""
+    start = time.perf_counter()
+    root = Path(session.cache_dir or default_cache_dir())
+    backbone, pre = session.backbone, session.preprocessing
+    cache = FeatureCache(root, backbone, pre)
+    digests = file_digests([s.path for s in samples], root)
+    keys = [view_digest(d, recipe, v) if d is not None else None
+            for v in range(views) for d in digests]
+    items = [s for _ in range(views) for s in samples]
+    index = cache.index()
+    first: dict[bytes, int] = {}
+    for i, k in enumerate(keys):
+        if k is not None and k not in index:
+            first.setdefault(k, i)
+    todo = list(first.values())
+    skipped: list[Skipped] = []
+    if todo:
+        net = backbone.module() if hasattr(backbone, "module") else backbone
+        chosen = [items[i] for i in todo]
+        dataset = ViewDataset(chosen, [int.from_bytes(keys[i][:7], "little") for i in todo],  # type: ignore[index]
+                              recipe, pre)
+        bad, _ = _run_extraction(net, cache, chosen, [keys[i] for i in todo], pre,
+                                 max(session.batch_size, 32), session.num_workers,
+                                 session.progress, desc, session.engine, dataset=dataset)
+        skipped = [Skipped(chosen[i].path, r) for i, r in bad]
+        session.note_skipped(skipped)
+    features, ok = cache.gather(keys)
+    result = ExtractResult(features, ok, skipped, len(todo) - len(skipped),
+                           len(keys) - len(todo), time.perf_counter() - start)
+    log.info("%s: %d views, %d from cache, %d extracted", desc, len(keys), result.cached,
+             result.extracted)
+    return result
