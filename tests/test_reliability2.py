@@ -158,10 +158,10 @@ BAD_FLAGS = [
 
 
 @pytest.mark.parametrize("args,flag", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
-def test_an_out_of_range_flag_is_one_error(tmp_path: Path, args: list[str], flag: str) -> None:
+def test_an_out_of_range_flag_is_one_error(shared: dict[str, Path], tmp_path: Path,
+                                           args: list[str], flag: str) -> None:
     out = tmp_path / "R"
-    result = CliRunner().invoke(main, ["train", str(tmp_path / "data"), "--out", str(out),
-                                       *TRAIN_TINY, *args])
+    result = _train(shared["data"], out, shared["cache"], *args)
     text = _friendly_error(result, flag)
     assert any(w in text for w in ("range", "at least", "at most", "between", "finite")), text
     assert not out.exists()
