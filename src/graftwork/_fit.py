@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from graftwork import bn as bn_mod
 from graftwork._prepared import load_prepared, store_prepared
 from graftwork._session import Session
-from graftwork.backbones import Backbone, create_backbone
+from graftwork.backbones import create_backbone
 from graftwork.callbacks import Callback, History, LogLines, dispatch
 from graftwork.data import Sample, Splits, discover, eval_transform
 from graftwork.devices import Runtime

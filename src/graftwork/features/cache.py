@@ -29,6 +29,10 @@ __all__ = ["FeatureCache", "default_cache_dir", "SHARD_ROWS"]
 log = logging.getLogger(__name__)
 SHARD_ROWS = 2048
 _VERIFIED: dict[tuple[str, int, int], bytes] = {}  # verified shard -> its row digests
+#: Shards that could not be written (a read-only or full cache), per cache folder: kept in
+#: memory for the rest of the process, so every FeatureCache of that folder sees them and the
+#: warning is given once.
+_IN_MEMORY: dict[Path, list[tuple[Path, torch.Tensor, list[bytes]]]] = {}
 
 
 def default_cache_dir() -> Path:
@@ -81,10 +85,18 @@ class FeatureCache:
         e.g. to see shards another process wrote)."""
         if self._index is None or refresh:
             self._index = {}
-            for path in sorted(self.dir.glob("shard-*.safetensors")):
+            try:
+                paths = sorted(self.dir.glob("shard-*.safetensors"))
+            except OSError:  # the cache folder cannot be read (e.g. its parent is a file)
+                paths = []
+            for path in paths:
                 raw = self._verified_digests(path)
                 for row in range(len(raw) // 32):
                     self._index[raw[row * 32:(row + 1) * 32]] = (path, row)
+            for path, feats, digests in _IN_MEMORY.get(self.dir, []):
+                self._loaded[path] = feats
+                for row, d in enumerate(digests):
+                    self._index.setdefault(d, (path, row))
         return self._index
 
     def _verified_digests(self, path: Path) -> bytes:
@@ -141,11 +153,12 @@ class FeatureCache:
                 save_file({"features": feats, "digests": dig}, tmp,
                           metadata={"checksum": _checksum(feats, dig)})
         except (OSError, SafetensorError, RuntimeError) as exc:
-            if not getattr(self, "_warned", False):
+            memory = _IN_MEMORY.setdefault(self.dir, [])
+            if not memory:
                 log.warning("feature cache %s cannot be written (%s): keeping features in "
                             "memory for this run", self.dir, exc)
-                self._warned = True
-            path = self.dir / f"memory-{len(self._loaded)}-{time.time_ns()}"
+            path = self.dir / f"memory-{len(memory)}-{time.time_ns()}"
+            memory.append((path, feats, list(digests)))
         self._loaded[path] = feats
         index = self.index()
         for row, d in enumerate(digests):
