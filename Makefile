@@ -29,6 +29,12 @@ test: $(STAMP)
 
 bench: $(STAMP)  # full run ~8 min on 2 cores; `make bench QUICK=1` checks it in under a minute
 	$(BIN)/python bench/extract.py $(if $(QUICK),--quick)
+	# training throughput vs the Keras/TensorFlow recipe (bench/.venv-keras is created when missing)
+	$(BIN)/python bench/train.py $(if $(QUICK),--quick --no-keras)
+	# HTTP serving: 200 requests, 8 concurrent, loopback only
+	$(BIN)/graft train $(DATA) --strategy extract --out bench/data/run-serve --overwrite \
+		--cache-dir .cache/graftwork -q --no-report
+	$(BIN)/python bench/serve_load.py bench/data/run-serve
 
 clean:
 	rm -rf $(VENV) runs .cache
