@@ -110,8 +110,14 @@ def test_extract_cli_rejects_bad_shard(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "0..N-1" in result.output
 
 
-def test_ray_engine_fills_the_cache(tmp_path: Path) -> None:
-    pytest.importorskip("ray")
+@pytest.fixture()
+def local_ray():  # type: ignore[no-untyped-def]
+    ray = pytest.importorskip("ray")
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_fills_the_cache(tmp_path: Path, local_ray: object) -> None:
     from graftwork.features import extract_features, extract_folder
     from graftwork.backbones import create_backbone
     from graftwork.training import seed_everything
