@@ -134,3 +134,24 @@ def test_ray_engine_fills_the_cache(tmp_path: Path, local_ray: object) -> None:
     again = extract_features(net, samples, net.spec.preprocessing(32), cache, num_workers=0,
                              progress=False, engine="torch")
     assert again.extracted == 0 and again.cached == len(files)
+
+
+def test_two_process_training_agrees(tmp_path: Path) -> None:
+    """torchrun, 2 CPU processes (gloo): a model frozen in part before wrapping trains to the
+    same weights on both, BN statistics averaged, validation counts each example once."""
+    pytest.importorskip("accelerate")
+    env = _env()
+    env["PYTHONPATH"] = str(REPO / "src")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                           "2", "--master_port", "29517",
+                           str(REPO / "tests" / "fixtures" / "ddp_worker.py"), str(tmp_path)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert [r["main"] for r in ranks] == [True, False]
+    assert ranks[0]["steps"] == ranks[1]["steps"] == 2 * 4  # 7 batches: 4 each, one padded
+    assert ranks[0]["state"] == ranks[1]["state"]  # head, frozen layer and BN buffers agree
+    for r in ranks:
+        assert r["val"]["n"] == 13
+        assert r["val"]["accuracy"] == pytest.approx(r["single"]["accuracy"])
+        assert r["val"]["loss"] == pytest.approx(r["single"]["loss"], rel=1e-5)
