@@ -70,10 +70,13 @@ def _init_ray(address: str | None, workers: int) -> Any:
     except ImportError:
         raise ConfigError("--engine ray needs Ray", "pip install 'graftwork[ray]'") from None
     if not ray.is_initialized():
+        quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
         if address:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=max(2, workers), include_dashboard=False, log_to_driver=False)
+            ray.init(num_cpus=max(2, workers), include_dashboard=False, **quiet)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our log line says it
+    logging.getLogger("ray.data").setLevel(max(logging.WARNING, log.getEffectiveLevel()))
     return ray
 
 
@@ -99,9 +102,13 @@ def ray_extract(backbone: Any, samples: Sequence[Sample], preprocessing: dict[st
         ray = _init_ray(address, n)
         cache.dir.mkdir(parents=True, exist_ok=True)
         rows = [{"path": p, "digest": d.hex()} for d, p in first.items()]
+        try:  # a pool of n actors (`concurrency=n` before Ray 2.51)
+            pool: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=n)}
+        except TypeError:
+            pool = {"concurrency": n}
         ds = ray.data.from_items(rows).map_batches(
             BackboneActor, fn_constructor_args=(backbone, preprocessing, str(cache.dir), engine),
-            concurrency=n, batch_size=batch_size, batch_format="numpy", num_cpus=1)
+            batch_size=batch_size, batch_format="numpy", num_cpus=1, **pool)
         feats: list[np.ndarray] = []
         keys: list[bytes] = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
