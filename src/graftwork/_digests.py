@@ -4,7 +4,9 @@ Hashing every file costs a read of the whole dataset, so digests are remembered:
 and in ``CACHE/file-digests.json``, keyed by path, device, inode, size and modification time
 (as git's index does). A file changed since is hashed again. Files modified within the last few
 seconds are not remembered across runs: a later change in the same clock tick could keep size
-and mtime (git's "racy" case).
+and mtime (git's "racy" case). Several processes may share one cache (``graft extract
+--shard``): the index is re-read and merged under a lock file before each write, so no
+process drops another's entries.
 """
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ import json
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 from graftwork.rundir import atomic_write_text
@@ -24,6 +27,7 @@ __all__ = ["file_digest", "file_digests"]
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "file-digests.json"
+LOCK_FILE = "file-digests.lock"
 _RACY_S = 3.0
 _MEMO_MAX = 500_000  # ~150 MB at most; cleared when full
 _Key = tuple[int, int, int, int]  # device, inode, size, mtime_ns
@@ -43,22 +47,55 @@ def file_digest(path: str) -> bytes | None:
     return h.digest()
 
 
+def _read_index(root: Path) -> dict[str, list]:
+    try:
+        data = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def _load_index(root: Path) -> dict[str, list]:
     key = str(root)
     if key not in _INDEXES:
-        try:
-            data = json.loads((root / INDEX_FILE).read_text(encoding="utf-8"))
-            _INDEXES[key] = data if isinstance(data, dict) else {}
-        except (OSError, ValueError):
-            _INDEXES[key] = {}
+        _INDEXES[key] = _read_index(root)
     return _INDEXES[key]
 
 
-def _save_index(root: Path, index: dict[str, list]) -> None:
+@contextmanager
+def _index_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on ``root``'s index (``fcntl.flock`` on a lock file; released when the
+    process dies). Where there is no ``fcntl`` (Windows) or the lock file cannot be opened
+    (read-only cache), no lock: the merge still keeps what it read."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    try:
+        fh = open(root / LOCK_FILE, "a+b")  # noqa: SIM115 - closed below
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        yield
+    finally:
+        fh.close()  # closing releases the lock
+
+
+def _save_index(root: Path, index: dict[str, list], added: dict[str, list] | None = None) -> None:
+    """Write the index, merged with what other processes wrote meanwhile: under the lock the
+    file is read again and this process's ``added`` entries (all of ``index`` if None) are laid
+    over it, then it is replaced atomically."""
     try:
         root.mkdir(parents=True, exist_ok=True)
-        # json.dumps uses the C encoder; json.dump to a file would use the pure-Python one
-        atomic_write_text(root / INDEX_FILE, json.dumps(index, separators=(",", ":")))
+        with _index_lock(root):
+            merged = _read_index(root)
+            merged.update(index if added is None else added)
+            # json.dumps uses the C encoder; json.dump to a file would use the pure-Python one
+            atomic_write_text(root / INDEX_FILE, json.dumps(merged, separators=(",", ":")))
+        index.update(merged)  # this process now knows the others' files too
     except OSError as exc:  # a read-only cache only costs re-hashing next time
         log.debug("file digests not saved in %s: %s", root, exc)
 
@@ -83,7 +120,7 @@ def file_digests(paths: Sequence[str], cache_root: str | Path | None = None) -> 
     now = time.time()
     out: list[bytes | None] = [None] * len(paths)
     todo: list[tuple[int, str, _Key, float]] = []
-    added = False
+    added: dict[str, list] = {}
     for i, p in enumerate(paths):
         path = os.path.abspath(p)
         try:
@@ -100,7 +137,7 @@ def file_digests(paths: Sequence[str], cache_root: str | Path | None = None) -> 
         out[i] = digest
         _MEMO[path] = (key, digest)
         if index is not None and known is None and now - st.st_mtime >= _RACY_S:
-            index[path], added = [*key, digest.hex()], True
+            index[path] = added[path] = [*key, digest.hex()]
     if todo:
         step = max(64, -(-len(todo) // 16))  # a few large tasks: a future per file costs more
         parts = [todo[i:i + step] for i in range(0, len(todo), step)]
@@ -115,7 +152,7 @@ def file_digests(paths: Sequence[str], cache_root: str | Path | None = None) -> 
             out[i] = digest
             _MEMO[path] = (key, digest)
             if index is not None and now - mtime >= _RACY_S:  # a fresh file could still change
-                index[path], added = [*key, digest.hex()], True
+                index[path] = added[path] = [*key, digest.hex()]
     if root is not None and index is not None and added:
-        _save_index(root, index)
+        _save_index(root, index, added)
     return out

@@ -342,9 +342,10 @@ def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
 
 
 def _register() -> None:
-    from graftwork import _cli_tools, cli_deploy
+    from graftwork import _cli_extract, _cli_tools, cli_deploy
 
-    for command in (*_cli_tools.COMMANDS, cli_deploy.export, cli_deploy.serve):
+    for command in (*_cli_tools.COMMANDS, cli_deploy.export, cli_deploy.serve,
+                    _cli_extract.extract):
         main.add_command(command)
 
 

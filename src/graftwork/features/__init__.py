@@ -4,6 +4,8 @@
 - :mod:`.decode` — uint8 resize + crop in workers, normalisation in the engine
 - :mod:`.engines` — what runs a network: ONNX Runtime, eager torch, or the automatic choice
 - :mod:`.pipeline` — ``extract_features``: digests, cache look-ups, decoding, the engine, shards
+- :mod:`.folder` — ``extract_folder``: a whole image folder, or shard i of n, into the cache
+- :mod:`.ray_engine` — the backbone in Ray actors (``engine="ray"``; optional ``ray``)
 """
 from __future__ import annotations
 
@@ -15,9 +17,11 @@ from graftwork.features.engines import (ENGINES, AutoEngine, Engine, OnnxEngine,
                                         ort_session)
 from graftwork.features.pipeline import (ExtractResult, IndexBatches, bind_backbone,
                                          default_workers, extract_features)
+from graftwork.features.folder import extract_folder, shard_from_env, shard_samples
 
 __all__ = ["FeatureCache", "default_cache_dir", "FastEvalTransform", "FromPixels", "Normalize",
            "resize_size", "ENGINES", "AutoEngine", "Engine", "OnnxEngine", "Runner",
            "TorchEngine", "create_engine", "export_onnx", "onnx_available", "ort_session",
            "ExtractResult", "IndexBatches", "bind_backbone", "default_workers",
-           "extract_features", "file_digest"]
+           "extract_features", "file_digest", "extract_folder", "shard_from_env",
+           "shard_samples"]

@@ -1,0 +1,110 @@
+"""Multi-process data-parallel training on Hugging Face Accelerate: the one object the training
+loop would consult (None for one process). Not wired into ``graft train`` yet (see
+``docs/scaling-out.md``); the pieces below are what that wiring needs, each tested with real
+processes (``tests/test_scaleout.py``).
+
+- :meth:`Distributed.prepare` wraps a model for DDP — call it after the phase has set
+  ``requires_grad`` (DDP records the trainable parameters when it wraps), once per phase;
+- :meth:`Distributed.shard_batches` gives each process its share of an epoch's batches (every
+  process builds the same seeded batches; rank ``r`` takes batches ``r, r + N, ...``, padded so
+  that all run the same number of steps — DDP would hang otherwise);
+- :meth:`Distributed.evaluate` scores a split sharded over the processes and gathered with
+  ``gather_for_metrics`` (the padding is dropped: each image counted once);
+- :meth:`Distributed.average_bn` averages BatchNorm running statistics across processes;
+- :attr:`Distributed.is_main`: only the main process writes the run directory, checkpoints and
+  the cache index.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["Distributed"]
+
+
+class Distributed:
+    """Accelerate's state for this process (CPU: gloo, one torch thread per process)."""
+
+    def __init__(self, cpu: bool = True) -> None:
+        from accelerate import Accelerator
+
+        if cpu:
+            torch.set_num_threads(1)  # N processes on N cores: no oversubscription
+        self.accelerator = Accelerator(cpu=cpu)
+        self.rank = self.accelerator.process_index
+        self.world = self.accelerator.num_processes
+
+    @classmethod
+    def from_env(cls) -> Distributed | None:
+        """A context when launched by torchrun / accelerate launch with several processes."""
+        return cls() if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 else None
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """``model`` wrapped for data parallel training (its trainable parameters as they are
+        now); a model with nothing to train is returned as is."""
+        if not any(p.requires_grad for p in model.parameters()):
+            return model
+        return self.accelerator.prepare_model(model)
+
+    def unwrap(self, model: nn.Module) -> nn.Module:
+        return self.accelerator.unwrap_model(model)
+
+    def shard_batches(self, batches: Iterable[Any], steps: int) -> Iterator[Any]:
+        """This process's batches of one epoch of ``steps`` batches (the same on every
+        process): batches ``rank, rank + world, ...``; a process short of one at the end
+        repeats its first (as ``DistributedSampler`` pads)."""
+        rounds = -(-steps // self.world)
+        first = None
+        mine = 0
+        for i, batch in enumerate(batches):
+            if i % self.world == self.rank:
+                first = batch if first is None else first
+                mine += 1
+                yield batch
+        while mine < rounds and first is not None:
+            mine += 1
+            yield first
+
+    def evaluate(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                 batch_size: int = 256) -> dict[str, float]:
+        """Accuracy and mean cross-entropy of ``model`` on (x, y): batches shared out by
+        Accelerate's data loader, per-example results gathered with ``gather_for_metrics``
+        (which drops the examples repeated to even out the last batches): each counts once."""
+        loader = self.accelerator.prepare_data_loader(torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(x, y), batch_size=batch_size))
+        was = model.training
+        model.eval()
+        parts = []
+        with torch.inference_mode():
+            for xb, yb in loader:
+                logits = model(xb)
+                losses = nn.functional.cross_entropy(logits, yb, reduction="none")
+                right = (logits.argmax(1) == yb).float()
+                parts.append(self.accelerator.gather_for_metrics(torch.stack([losses, right], 1)))
+        model.train(was)
+        both = torch.cat(parts) if parts else torch.zeros(0, 2)
+        if not len(both):
+            return {"accuracy": float("nan"), "loss": float("nan"), "n": 0}
+        return {"accuracy": float(both[:, 1].mean()), "loss": float(both[:, 0].mean()),
+                "n": len(both)}
+
+    def average_bn(self, model: nn.Module) -> int:
+        """Average every BatchNorm layer's running mean and variance across processes (after
+        an epoch in which they trained); returns how many layers."""
+        layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                  and m.running_mean is not None]
+        for m in layers:
+            for buf in (m.running_mean, m.running_var):
+                buf.copy_(self.accelerator.reduce(buf.clone(), reduction="mean"))
+        return len(layers)
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
