@@ -146,6 +146,10 @@ def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
         size = QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE[ds]
         lines.append(f"| {ds} | {tr} / {va} / {te} ({'/'.join(map(str, sizes[ds]))} per class) "
                      f"| {ncls} | {size} px | {qd.DESCRIPTION[ds]} |")
+    if set(args.image_datasets) != set(args.dataset_list):
+        lines += ["", "**Reduced run**: the configs that train on images (ladder, finetune) ran "
+                  f"only on {', '.join(args.image_datasets)} (`--image-datasets`); on the other "
+                  "datasets they are marked skipped. The extract configs ran everywhere."]
     lines += ["", f"Machine: {mach['cpu']}, {mach['memory']}; {mach['os']}.",
               "Versions: " + ", ".join(f"{k} {v}" for k, v in mach.items()
                                        if k not in ("cpu", "memory", "os")) + ".",
@@ -154,15 +158,18 @@ def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
               "test accuracy to the `extract` config of the same seed, in percentage points "
               "(mean ± std over seeds), wins/losses/ties count seeds. Ladder rungs: val = best "
               "val accuracy of the phase, test = test accuracy right after the phase, seconds = "
-              "the phase's training time only; other rows: seconds = the whole fit (features "
+              "the phase's training time only (wall); other rows: seconds = the whole fit (wall), "
+              "CPU s = CPU time of the process and its DataLoader workers during the fit, which "
+              "depends less on other jobs on the machine (features "
               "come from the shared cache after the first fit, so extract rows are nearly free)."]
     return lines
 
 
 def write(args: argparse.Namespace, fits: list[dict[str, Any]], info: dict[str, Any]) -> None:
-    info["total_s"] = round(time.perf_counter() - info["t0"], 1)
-    info["cpu_s"] = round(cpu_seconds() - info["c0"], 1)
-    info["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
+    if "t0" in info:  # (not when re-rendering a stored run)
+        info["total_s"] = round(time.perf_counter() - info["t0"], 1)
+        info["cpu_s"] = round(cpu_seconds() - info["c0"], 1)
+        info["loadavg_end"] = Path("/proc/loadavg").read_text().split()[:3]
     all_rows = {ds: rows_of([f for f in fits if f["dataset"] == ds], args.config_list)
                 for ds in args.dataset_list if any(f["dataset"] == ds for f in fits)}
     md = ["# Quality benchmark", "",
@@ -195,9 +202,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
                          "finetune, ladder) only on these datasets (all); the rest: skipped")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="start no new fit after this long (the rest is recorded as skipped)")
+    ap.add_argument("--render", type=Path, default=None,
+                    help="only rewrite the .md of a stored run from its .json")
     ap.add_argument("--out", type=Path, default=None, help="output stem (bench/quality)")
     args = ap.parse_args(argv)
-    args.argv = [a for a in argv if a != "--quick"]
+    args.argv = [a for i, a in enumerate(argv) if a != "--quick" and a != "--render"
+                 and not (i and argv[i - 1] == "--render")]
     args.seed_list = list(range(args.seeds or (1 if args.quick else 3)))
     args.dataset_list = [d for d in args.datasets.split(",") if d]
     args.image_datasets = (args.image_datasets.split(",") if args.image_datasets is not None
@@ -216,11 +226,26 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def render(args: argparse.Namespace) -> int:
+    """Rewrite the markdown of a stored run (same options as it ran with) from its JSON."""
+    stored = json.loads(args.render.read_text())
+    info = stored["info"]
+    run = (parse(info["argv"] + (["--quick"] if info["quick"] else [])) if "argv" in info
+           else args)  # (older JSON: pass the run's options along with --render)
+    run.md, run.json = args.render.with_suffix(".md"), args.render.with_suffix(".tmp.json")
+    write(run, stored["fits"], info)
+    run.json.unlink()
+    log(f"rewrote {run.md}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
+    if args.render:
+        return render(args)
     info: dict[str, Any] = {"t0": time.perf_counter(), "c0": cpu_seconds(),
                             "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
-                            "quick": args.quick, "seeds": args.seed_list,
+                            "quick": args.quick, "argv": args.argv, "seeds": args.seed_list,
                             "backbone": BACKBONE, "counts": {}, "classes": {},
                             "date": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
                             "image_size": {}, "stopped": None}
@@ -245,7 +270,8 @@ def main(argv: list[str]) -> int:
                                      "strategy": cfg["strategy"],
                                      "status": "skipped (--max-minutes)"})
                         continue
-                    if cfg["strategy"] != "extract" and ds not in args.image_datasets:
+                    if (cfg["strategy"] != "extract" and ds not in args.image_datasets
+                            and not missing_options(cfg["options"])):
                         res = {"config": cfg["name"], "strategy": cfg["strategy"], "seed": seed,
                                "status": "skipped (--image-datasets)"}
                     else:

@@ -19,12 +19,13 @@ def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[s
     rows: dict[str, dict[str, Any]] = {}
 
     def add(name: str, seed: int, status: str, val: float | None = None,
-            test: float | None = None, seconds: float | None = None) -> None:
+            test: float | None = None, seconds: float | None = None,
+            cpu: float | None = None) -> None:
         row = rows.setdefault(name, {"status": [], "seeds": {}})
         if status != "ok":
             row["status"].append(status)
             return
-        row["seeds"][seed] = {"val": val, "test": test, "seconds": seconds}
+        row["seeds"][seed] = {"val": val, "test": test, "seconds": seconds, "cpu": cpu}
 
     for cfg in configs:
         for fit in (f for f in fits if f["config"] == cfg["name"]):
@@ -40,7 +41,8 @@ def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[s
                 name = f"{cfg['name']} (its pick)"
             else:
                 name = cfg["name"]
-            add(name, seed, status, fit.get("val"), fit.get("test"), fit.get("seconds"))
+            add(name, seed, status, fit.get("val"), fit.get("test"), fit.get("seconds"),
+                fit.get("cpu_s"))
     return rows
 
 
@@ -71,17 +73,18 @@ def _status_text(statuses: list[str]) -> str:
 def dataset_table(rows: dict[str, dict[str, Any]]) -> list[str]:
     """Markdown lines: config | val | test | Δ test vs extract | wins/losses | seconds."""
     out = ["| config | val acc % | test acc % | Δ test vs extract (pp, paired) "
-           "| wins/losses/ties vs extract | seconds per fit |",
-           "|---|---|---|---|---|---|"]
+           "| wins/losses/ties vs extract | seconds per fit | CPU s per fit |",
+           "|---|---|---|---|---|---|---|"]
     base = rows.get(BASELINE)
     for name, row in rows.items():
         per = list(row["seeds"].values())
         if not per:
-            out.append(f"| {name} | {_status_text(row['status'])} | | | | |")
+            out.append(f"| {name} | {_status_text(row['status'])} | | | | | |")
             continue
         vals = [p["val"] for p in per if p["val"] is not None and not math.isnan(p["val"])]
         tests = [p["test"] for p in per if p["test"] is not None]
         secs = [p["seconds"] for p in per if p["seconds"] is not None]
+        cpus = [p["cpu"] for p in per if p["cpu"] is not None]
         cmp = paired(row, base)
         if name == BASELINE:
             delta, wl = "(baseline)", ""
@@ -93,7 +96,7 @@ def dataset_table(rows: dict[str, dict[str, Any]]) -> list[str]:
         n = f" (n={len(per)})" if len(per) != len(base["seeds"] if base else per) else ""
         errs = f"; {len(row['status'])} not ok: {row['status'][0]}" if row["status"] else ""
         out.append(f"| {name}{n}{errs} | {_mean_std(vals)} | {_mean_std(tests)} | {delta} | {wl} "
-                   f"| {_mean_std(secs, 1.0, 1)} |")
+                   f"| {_mean_std(secs, 1.0, 1)} | {_mean_std(cpus, 1.0, 1)} |")
     return out
 
 
