@@ -121,12 +121,20 @@ def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
 
     mach = machine()
     sizes = qd.QUICK_SIZES if args.quick else qd.SIZES
-    lines = [f"Run: `python bench/quality.py{' --quick' if args.quick else ''}"
-             f"{' ' + ' '.join(args.argv) if args.argv else ''}` on {info['date']}, "
-             f"{info['total_s'] / 60:.1f} min wall in all, {info['cpu_s'] / 60:.1f} CPU-min "
-             f"(load average {' '.join(info['loadavg_start'])} at the start, "
-             f"{' '.join(info['loadavg_end'])} at the end: the machine may be shared)"
-             + (f"; stopped early: {info['stopped']}" if info.get("stopped") else "") + ".",
+    merged = "".join(f" `python bench/quality.py {' '.join(m['argv'] or [])}` ({m['date']}, "
+                     f"{m['total_s'] / 60:.1f} min);" for m in info.get("merged", []))
+    if merged:
+        head = (f"Merged from {len(info['merged'])} runs:{merged.rstrip(';')}; in all "
+                f"{info['total_s'] / 60:.1f} min wall, {info['cpu_s'] / 60:.1f} CPU-min "
+                "(the machine was shared with other jobs).")
+    else:
+        head = (f"Run: `python bench/quality.py{' --quick' if args.quick else ''}"
+                f"{' ' + ' '.join(args.argv) if args.argv else ''}` on {info['date']}, "
+                f"{info['total_s'] / 60:.1f} min wall in all, {info['cpu_s'] / 60:.1f} CPU-min "
+                f"(load average {' '.join(info['loadavg_start'])} at the start, "
+                f"{' '.join(info['loadavg_end'])} at the end: the machine may be shared)"
+                + (f"; stopped early: {info['stopped']}" if info.get("stopped") else "") + ".")
+    lines = [head,
              "",
              f"Backbone `{BACKBONE}` (ImageNet weights), public API only: "
              "`ImageClassifier(backbone, strategy, seed=SEED, image_size=SIZE, cache_dir=..., "
@@ -160,7 +168,10 @@ def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
               "val accuracy of the phase, test = test accuracy right after the phase, seconds = "
               "the phase's training time only (wall); other rows: seconds = the whole fit (wall), "
               "CPU s = CPU time of the process and its DataLoader workers during the fit, which "
-              "depends less on other jobs on the machine (features "
+              "depends less on other jobs on the machine, yet not entirely: when other jobs take the "
+              "cores, torch's two threads spin waiting for each other, so a loaded machine inflates "
+              "CPU time too (the same ladder fit on fmnist-small took 155 CPU-s under load and "
+              "21 CPU-s on a quiet machine); compare timings within a run, not across runs (features "
               "come from the shared cache after the first fit, so extract rows are nearly free)."]
     return lines
 
@@ -204,6 +215,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
                     help="start no new fit after this long (the rest is recorded as skipped)")
     ap.add_argument("--render", type=Path, default=None,
                     help="only rewrite the .md of a stored run from its .json")
+    ap.add_argument("--merge", type=Path, nargs="+", default=None,
+                    help="combine stored runs (JSON) into --out: for each dataset, config and "
+                         "seed the last file's result counts unless it was skipped")
     ap.add_argument("--out", type=Path, default=None, help="output stem (bench/quality)")
     args = ap.parse_args(argv)
     args.argv = [a for i, a in enumerate(argv) if a != "--quick" and a != "--render"
@@ -239,10 +253,42 @@ def render(args: argparse.Namespace) -> int:
     return 0
 
 
+def merge(args: argparse.Namespace) -> int:
+    """One report from several stored runs (e.g. a reduced run plus the datasets it skipped)."""
+    runs = [json.loads(p.read_text()) for p in args.merge]
+    fits: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for run in runs:
+        for f in run["fits"]:
+            key = (f["dataset"], f["config"], f["seed"])
+            if key not in fits or not f["status"].startswith("skipped"):
+                fits[key] = f
+    info = dict(runs[0]["info"])
+    for key in ("counts", "classes", "image_size"):
+        info[key] = {k: v for run in runs for k, v in run["info"][key].items()}
+    info["total_s"] = round(sum(r["info"]["total_s"] for r in runs), 1)
+    info["cpu_s"] = round(sum(r["info"]["cpu_s"] for r in runs), 1)
+    info["loadavg_end"] = runs[-1]["info"]["loadavg_end"]
+    info["merged"] = [{"file": p.name, "date": r["info"]["date"], "argv": r["info"].get("argv"),
+                       "total_s": r["info"]["total_s"]} for p, r in zip(args.merge, runs)]
+    seeds = sorted({f["seed"] for f in fits.values()})
+    datasets = [d for d in qd.SIZES if any(k[0] == d for k in fits)]
+    run = parse(["--datasets", ",".join(datasets), "--seeds", str(len(seeds))]
+                + (["--quick"] if info["quick"] else []))
+    run.md, run.json = args.md, args.json
+    image = [d for d in datasets if any(f["dataset"] == d and f["strategy"] != "extract"
+                                        and f["status"] == "ok" for f in fits.values())]
+    run.image_datasets = image
+    write(run, list(fits.values()), info)
+    log(f"merged {len(runs)} runs into {run.md} and {run.json}")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     if args.render:
         return render(args)
+    if args.merge:
+        return merge(args)
     info: dict[str, Any] = {"t0": time.perf_counter(), "c0": cpu_seconds(),
                             "loadavg_start": Path("/proc/loadavg").read_text().split()[:3],
                             "quick": args.quick, "argv": args.argv, "seeds": args.seed_list,
