@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH := torch==2.14.1 torchvision==0.29.1
 DATA := data/fashion-mnist-small
 
-.PHONY: install demo test bench lint clean
+.PHONY: install demo test bench quality lint clean
 
 install: $(STAMP)
 
@@ -35,6 +35,9 @@ bench: $(STAMP)  # full run ~8 min on 2 cores; `make bench QUICK=1` checks it in
 	$(BIN)/graft train $(DATA) --strategy extract --out bench/data/run-serve --overwrite \
 		--cache-dir .cache/graftwork -q --no-report
 	$(BIN)/python bench/serve_load.py bench/data/run-serve
+
+quality: $(STAMP)  # accuracy of rungs/options, 5 datasets x 3 seeds, <= 30 min; QUICK=1: < 3 min
+	$(BIN)/python bench/quality.py $(if $(QUICK),--quick)
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -1,0 +1,132 @@
+"""Tables of the quality benchmark: per-seed fits -> rows -> markdown (bench/quality.py)."""
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+BASELINE = "extract"
+PHASE_LABEL = {"extract": "ladder: extract rung", "frozen": "ladder: frozen rung (warm from extract)",
+               "finetune": "ladder: finetune rung (warm from frozen)"}
+
+
+def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Table rows of one dataset: row name -> {status, per-seed val/test/seconds}.
+
+    A ``ladder`` fit gives four rows: its three rungs (best val accuracy of the phase, test
+    accuracy right after the phase, the phase's training time) and its pick (final metrics).
+    """
+    rows: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, seed: int, status: str, val: float | None = None,
+            test: float | None = None, seconds: float | None = None,
+            cpu: float | None = None) -> None:
+        row = rows.setdefault(name, {"status": [], "seeds": {}})
+        if status != "ok":
+            row["status"].append(status)
+            return
+        row["seeds"][seed] = {"val": val, "test": test, "seconds": seconds, "cpu": cpu}
+
+    for cfg in configs:
+        for fit in (f for f in fits if f["config"] == cfg["name"]):
+            seed, status = fit["seed"], fit["status"]
+            if cfg["strategy"] == "ladder":
+                for phase, label in PHASE_LABEL.items():
+                    ph = next((p for p in fit.get("phases", []) if p["phase"] == phase), None)
+                    if status == "ok" and ph is not None:
+                        add(label, seed, "ok", ph["best_val_accuracy"], ph["test_accuracy"],
+                            ph["wall_time_s"])
+                    else:
+                        add(label, seed, status)
+                name = f"{cfg['name']} (its pick)"
+            else:
+                name = cfg["name"]
+            add(name, seed, status, fit.get("val"), fit.get("test"), fit.get("seconds"),
+                fit.get("cpu_s"))
+    return rows
+
+
+def _mean_std(xs: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not xs:
+        return ""
+    m = statistics.fmean(xs) * scale
+    s = statistics.stdev(xs) * scale if len(xs) > 1 else 0.0
+    return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def paired(row: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+    """Test-accuracy differences row - baseline over the seeds both have."""
+    if base is None:
+        return {"diffs": []}
+    seeds = sorted(set(row["seeds"]) & set(base["seeds"]))
+    diffs = [row["seeds"][s]["test"] - base["seeds"][s]["test"] for s in seeds
+             if row["seeds"][s]["test"] is not None and base["seeds"][s]["test"] is not None]
+    return {"diffs": diffs, "wins": sum(d > 1e-9 for d in diffs),
+            "losses": sum(d < -1e-9 for d in diffs), "ties": sum(abs(d) <= 1e-9 for d in diffs)}
+
+
+def _status_text(statuses: list[str]) -> str:
+    first = statuses[0]
+    return first if len(set(statuses)) == 1 else f"{first} (and {len(statuses) - 1} more)"
+
+
+def dataset_table(rows: dict[str, dict[str, Any]]) -> list[str]:
+    """Markdown lines: config | val | test | Δ test vs extract | wins/losses | seconds."""
+    out = ["| config | val acc % | test acc % | Δ test vs extract (pp, paired) "
+           "| wins/losses/ties vs extract | seconds per fit | CPU s per fit |",
+           "|---|---|---|---|---|---|---|"]
+    base = rows.get(BASELINE)
+    for name, row in rows.items():
+        per = list(row["seeds"].values())
+        if not per:
+            out.append(f"| {name} | {_status_text(row['status'])} | | | | | |")
+            continue
+        vals = [p["val"] for p in per if p["val"] is not None and not math.isnan(p["val"])]
+        tests = [p["test"] for p in per if p["test"] is not None]
+        secs = [p["seconds"] for p in per if p["seconds"] is not None]
+        cpus = [p["cpu"] for p in per if p["cpu"] is not None]
+        cmp = paired(row, base)
+        if name == BASELINE:
+            delta, wl = "(baseline)", ""
+        elif cmp["diffs"]:
+            delta, wl = _mean_std(cmp["diffs"], 100, 1), f"{cmp['wins']}/{cmp['losses']}/{cmp['ties']}"
+            delta = ("+" if not delta.startswith("-") else "") + delta
+        else:
+            delta, wl = "", ""
+        n = f" (n={len(per)})" if len(per) != len(base["seeds"] if base else per) else ""
+        errs = f"; {len(row['status'])} not ok: {row['status'][0]}" if row["status"] else ""
+        out.append(f"| {name}{n}{errs} | {_mean_std(vals)} | {_mean_std(tests)} | {delta} | {wl} "
+                   f"| {_mean_std(secs, 1.0, 1)} | {_mean_std(cpus, 1.0, 1)} |")
+    return out
+
+
+def summary_table(all_rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
+    """Rows across datasets: test mean (Δ vs extract) per dataset, mean Δ, wins/losses."""
+    datasets = list(all_rows)
+    names: list[str] = []
+    for rows in all_rows.values():
+        names += [n for n in rows if n not in names]
+    head = "| config | " + " | ".join(datasets) + " | mean Δ (pp) | wins/losses/ties |"
+    out = [head, "|---|" + "---|" * (len(datasets) + 2)]
+    for name in names:
+        cells, deltas, w, l, t = [], [], 0, 0, 0
+        for ds in datasets:
+            row = all_rows[ds].get(name)
+            if row is None or not row["seeds"]:
+                cells.append(row["status"][0].split(" (")[0].split(":")[0]
+                             if row and row["status"] else "")
+                continue
+            test = statistics.fmean(p["test"] for p in row["seeds"].values()) * 100
+            cmp = paired(row, all_rows[ds].get(BASELINE))
+            if name != BASELINE and cmp["diffs"]:
+                d = statistics.fmean(cmp["diffs"]) * 100
+                deltas.append(d)
+                w, l, t = w + cmp["wins"], l + cmp["losses"], t + cmp["ties"]
+                cells.append(f"{test:.1f} ({d:+.1f})")
+            else:
+                cells.append(f"{test:.1f}")
+        md = f"{statistics.fmean(deltas):+.1f}" if deltas else ("(baseline)" if name == BASELINE
+                                                               else "")
+        out.append(f"| {name} | " + " | ".join(cells) + f" | {md} | "
+                   + (f"{w}/{l}/{t}" if deltas else "") + " |")
+    return out
