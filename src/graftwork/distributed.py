@@ -17,7 +17,7 @@ processes (``tests/test_scaleout.py``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -56,6 +56,13 @@ class Distributed:
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
+
+    def own(self, batches: Sequence[Any]) -> list[Any]:
+        """This process's share of ``batches`` (the same list on every process): items
+        ``rank, rank + world, ...``, the first repeated where one is short at the end."""
+        mine = list(batches[self.rank::self.world])
+        rounds = -(-len(batches) // self.world)
+        return mine + mine[:1] * (rounds - len(mine)) if mine else list(batches[:1]) * rounds
 
     def shard_batches(self, batches: Iterable[Any], steps: int) -> Iterator[Any]:
         """This process's batches of one epoch of ``steps`` batches (the same on every
