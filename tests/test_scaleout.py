@@ -183,3 +183,22 @@ def test_two_process_fit(tmp_path: Path, strategy: str) -> None:
     assert ranks[0]["metrics"]["val"]["n"] == 9 and ranks[0]["metrics"]["test"]["n"] == 6
     names = {p.name for p in (tmp_path / "run").iterdir()}
     assert {"metrics.json", "config.json"} <= names
+
+
+def test_train_num_processes_cli(tmp_path: Path) -> None:
+    """`graft train --num-processes 2`: relaunched under torchrun, one complete run directory
+    (written by rank 0 only), each validation image counted once."""
+    pytest.importorskip("accelerate")
+    data = make_image_folder(tmp_path / "data", counts={"train": 8, "val": 3, "test": 2})
+    _old_files(data)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "graftwork", "train", str(data), *TINY_CLI,
+                           "--cache-dir", str(tmp_path / "cache"), "--strategy", "frozen",
+                           "--epochs", "2", "--batch-size", "4", "--out", str(run),
+                           "--num-processes", "2", "--no-report", "-q"],
+                          env=_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("saved to") == 1  # the other rank writes nothing
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 9 and metrics["test"]["n"] == 6
+    assert {"model.safetensors", "config.json", "history.csv"} <= {p.name for p in run.iterdir()}

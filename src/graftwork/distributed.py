@@ -17,13 +17,36 @@ processes (``tests/test_scaleout.py``).
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Distributed"]
+__all__ = ["Distributed", "is_main_process", "relaunch"]
+
+
+def is_main_process() -> bool:
+    """True unless launched by torchrun / accelerate launch as a rank other than 0."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def relaunch(processes: int, argv: list[str] | None = None) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node N -m graftwork ARGS``
+    (ARGS: this command line without ``--num-processes``); never returns."""
+    args, rest = [], list(sys.argv[1:] if argv is None else argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--num-processes":
+            rest = rest[1:]
+        elif not arg.startswith("--num-processes="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(processes), "-m", "graftwork", *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
 
 
 class Distributed:
