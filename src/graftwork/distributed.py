@@ -1,7 +1,7 @@
 """Multi-process data-parallel training on Hugging Face Accelerate: the one object the training
-loop would consult (None for one process). Not wired into ``graft train`` yet (see
-``docs/scaling-out.md``); the pieces below are what that wiring needs, each tested with real
-processes (``tests/test_scaleout.py``).
+loop consults (None for one process), made by ``fit_classifier`` when launched by torchrun or
+``accelerate launch`` (``graft train --num-processes N`` relaunches under torchrun); see
+``docs/scaling-out.md``. Tested with real processes in ``tests/test_scaleout.py``.
 
 - :meth:`Distributed.prepare` wraps a model for DDP — call it after the phase has set
   ``requires_grad`` (DDP records the trainable parameters when it wraps), once per phase;
