@@ -155,3 +155,50 @@ def test_two_process_training_agrees(tmp_path: Path) -> None:
         assert r["val"]["n"] == 13
         assert r["val"]["accuracy"] == pytest.approx(r["single"]["accuracy"])
         assert r["val"]["loss"] == pytest.approx(r["single"]["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("strategy", ["frozen", "finetune"])
+def test_two_process_fit(tmp_path: Path, strategy: str) -> None:
+    """`torchrun -nproc 2` around ImageClassifier.fit: both processes end with the same
+    weights (BN statistics included), validation counts each image once, the main process
+    writes a complete run directory."""
+    pytest.importorskip("accelerate")
+    # 24 training images in batches of 4: no batch of 1 (BN in train mode needs 2)
+    data = make_image_folder(tmp_path / "data", counts={"train": 8, "val": 3, "test": 2})
+    _old_files(data)
+    env = _env()
+    env["PYTHONPATH"] = str(REPO / "src")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                           "2", "--master_port", str(29521 + len(strategy)),
+                           str(REPO / "tests" / "fixtures" / "ddp_fit_worker.py"), str(data),
+                           str(tmp_path / "cache"), str(tmp_path), strategy],
+                          env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["state"] == ranks[1]["state"]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    # each process trained on its own half of the batches (its training loss is its own)...
+    losses = [[row["loss"] for row in r["history"] if row["phase"] == strategy] for r in ranks]
+    assert len(losses[0]) == 2 and losses[0] != losses[1]  # ...to the same weights
+    assert ranks[0]["metrics"]["val"]["n"] == 9 and ranks[0]["metrics"]["test"]["n"] == 6
+    names = {p.name for p in (tmp_path / "run").iterdir()}
+    assert {"metrics.json", "config.json"} <= names
+
+
+def test_train_num_processes_cli(tmp_path: Path) -> None:
+    """`graft train --num-processes 2`: relaunched under torchrun, one complete run directory
+    (written by rank 0 only), each validation image counted once."""
+    pytest.importorskip("accelerate")
+    data = make_image_folder(tmp_path / "data", counts={"train": 8, "val": 3, "test": 2})
+    _old_files(data)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "graftwork", "train", str(data), *TINY_CLI,
+                           "--cache-dir", str(tmp_path / "cache"), "--strategy", "frozen",
+                           "--epochs", "2", "--batch-size", "4", "--out", str(run),
+                           "--num-processes", "2", "--no-report", "-q"],
+                          env=_env(), capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("saved to") == 1  # the other rank writes nothing
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["val"]["n"] == 9 and metrics["test"]["n"] == 6
+    assert {"model.safetensors", "config.json", "history.csv"} <= {p.name for p in run.iterdir()}

@@ -96,6 +96,9 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
                                                            splits.classes,
                                                            [s.label for s in splits.train]))
     if any(p.needs_network for p in phases):
+        from graftwork.distributed import Distributed
+
+        ctx.dist = session.dist = Distributed.from_env()  # torchrun / accelerate launch
         ctx.runtime = Runtime.resolve(params["device"], params["precision"])
         log.info("device %s, precision %s (%s)", *ctx.runtime.describe().values())
     clf.runtime_ = ctx.runtime.describe() if ctx.runtime else {"device": "cpu",

@@ -46,6 +46,7 @@ class Session:
         self.skipped: dict[str, str] = {}
         self.unfrozen_blocks: list[str] = []
         self.extract_stats = {"extracted": 0, "cached": 0}
+        self.dist: Any = None  # a graftwork.distributed.Distributed: training batches shared out
         self._seen: set[str] = set()
         self._model: GraftModel | None = None
         self._prepared: PreparedBackbone | None = None
@@ -126,10 +127,17 @@ class Session:
                generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
         """Batches of decoded images (``collate_skip`` dicts), shuffled when given a generator."""
         workers = default_workers() if self.num_workers is None else self.num_workers
+        dataset = ImageDataset(samples, transform, draft_size=self.preprocessing["image_size"])
+        workers = workers if len(samples) > batch_size else 0
+        if generator is not None and self.dist is not None:  # this process's training batches
+            order = torch.randperm(len(samples), generator=generator).tolist()
+            mine = self.dist.own([order[i:i + batch_size]
+                                  for i in range(0, len(order), batch_size)])
+            return torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=workers,
+                                               collate_fn=collate_skip)
         return torch.utils.data.DataLoader(
-            ImageDataset(samples, transform, draft_size=self.preprocessing["image_size"]),
-            batch_size=batch_size, shuffle=generator is not None, generator=generator,
-            num_workers=workers if len(samples) > batch_size else 0, collate_fn=collate_skip)
+            dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
+            num_workers=workers, collate_fn=collate_skip)
 
     def image_batches(self, samples: Sequence[Sample], transform: Any,
                       generator: torch.Generator | None = None, batch_size: int | None = None

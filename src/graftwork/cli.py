@@ -179,6 +179,9 @@ def unfreeze_value(value: str) -> int | str:
               help="DataLoader workers.")
 @click.option("--strict", is_flag=True, help="Any bad image is an error.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
+@click.option("--num-processes", type=click.IntRange(1, 1024), default=1, show_default=True,
+              help="Local data-parallel processes (relaunches under torchrun; see "
+                   "docs/scaling-out.md).")
 @click.option("--logger", "loggers", multiple=True, type=click.Choice(["tensorboard"]),
               help="Also log curves for TensorBoard (RUN/tensorboard).")
 @click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
@@ -187,14 +190,22 @@ def unfreeze_value(value: str) -> int | str:
 @click.option("-v", "--verbose", is_flag=True)
 @_friendly
 def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: bool,
-          no_recalibrate: bool, workers: int | None, resume: bool, loggers: tuple[str, ...],
-          report: bool, quiet: bool, verbose: bool, class_weights_text: str | None,
+          no_recalibrate: bool, workers: int | None, resume: bool, num_processes: int,
+          loggers: tuple[str, ...], report: bool, quiet: bool, verbose: bool,
+          class_weights_text: str | None,
           **params: Any) -> None:
     """Train a classifier on DATA (DATA/train|val|test/<class>/ or DATA/<class>/)."""
+    import contextlib
+
     from graftwork import rundir
     from graftwork.callbacks import create_loggers
     from graftwork.classifier import ImageClassifier
     from graftwork.data import AugmentConfig
+    from graftwork.distributed import is_main_process, relaunch
+
+    if num_processes > 1:
+        relaunch(num_processes)
+    main_rank = is_main_process()  # under torchrun only rank 0 writes --out
 
     bars = _progress_bars(quiet)
     _setup_logging(verbose, quiet, bars)
@@ -205,16 +216,20 @@ def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: boo
     from graftwork._fit import validate_params
 
     validate_params(clf.get_params(deep=False))  # before touching --out
-    with rundir.RunLock(out):
-        rundir.prepare_out(out, overwrite=overwrite, resume=resume)
+    with rundir.RunLock(out) if main_rank else contextlib.nullcontext():
+        if main_rank:
+            rundir.prepare_out(out, overwrite=overwrite, resume=resume)
         try:
-            clf.fit(data, checkpoint_dir=out / rundir.CHECKPOINTS_DIR, resume=resume,
-                    callbacks=create_loggers(loggers, out))
+            clf.fit(data, checkpoint_dir=out / rundir.CHECKPOINTS_DIR
+                    if main_rank or resume else None, resume=resume,
+                    callbacks=create_loggers(loggers, out) if main_rank else [])
         except KeyboardInterrupt:
             click.echo(f"Interrupted. The last finished epoch is saved in "
                        f"{out / rundir.CHECKPOINTS_DIR}; run the same command with --resume to "
                        "continue.", err=True)
             sys.exit(130)
+        if not main_rank:
+            return
         clf.save(out)
         if report:
             build_report_quietly(out)

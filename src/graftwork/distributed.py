@@ -1,7 +1,7 @@
 """Multi-process data-parallel training on Hugging Face Accelerate: the one object the training
-loop would consult (None for one process). Not wired into ``graft train`` yet (see
-``docs/scaling-out.md``); the pieces below are what that wiring needs, each tested with real
-processes (``tests/test_scaleout.py``).
+loop consults (None for one process), made by ``fit_classifier`` when launched by torchrun or
+``accelerate launch`` (``graft train --num-processes N`` relaunches under torchrun); see
+``docs/scaling-out.md``. Tested with real processes in ``tests/test_scaleout.py``.
 
 - :meth:`Distributed.prepare` wraps a model for DDP — call it after the phase has set
   ``requires_grad`` (DDP records the trainable parameters when it wraps), once per phase;
@@ -17,13 +17,36 @@ processes (``tests/test_scaleout.py``).
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Distributed"]
+__all__ = ["Distributed", "is_main_process", "relaunch"]
+
+
+def is_main_process() -> bool:
+    """True unless launched by torchrun / accelerate launch as a rank other than 0."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def relaunch(processes: int, argv: list[str] | None = None) -> None:
+    """Replace this process by ``torchrun --standalone --nproc_per_node N -m graftwork ARGS``
+    (ARGS: this command line without ``--num-processes``); never returns."""
+    args, rest = [], list(sys.argv[1:] if argv is None else argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--num-processes":
+            rest = rest[1:]
+        elif not arg.startswith("--num-processes="):
+            args.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", str(processes), "-m", "graftwork", *args]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, cmd)
 
 
 class Distributed:
@@ -56,6 +79,13 @@ class Distributed:
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)
+
+    def own(self, batches: Sequence[Any]) -> list[Any]:
+        """This process's share of ``batches`` (the same list on every process): items
+        ``rank, rank + world, ...``, the first repeated where one is short at the end."""
+        mine = list(batches[self.rank::self.world])
+        rounds = -(-len(batches) // self.world)
+        return mine + mine[:1] * (rounds - len(mine)) if mine else list(batches[:1]) * rounds
 
     def shard_batches(self, batches: Iterable[Any], steps: int) -> Iterator[Any]:
         """This process's batches of one epoch of ``steps`` batches (the same on every

@@ -257,7 +257,8 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         param_groups: list[dict[str, Any]] | None = None, steps_per_epoch: int = 1,
         phase: str = "train", progress: bool = True, checkpoint: Path | None = None,
         resume: bool = False, callbacks: Sequence[Callback] = (),
-        fingerprint: dict[str, Any] | None = None, runtime: Runtime | None = None) -> FitResult:
+        fingerprint: dict[str, Any] | None = None, runtime: Runtime | None = None,
+        dist: Any = None) -> FitResult:
     """Train ``model``; keep the best-validation weights; stop after ``patience`` bad epochs.
 
     ``train_batches(generator)`` yields one epoch of (inputs, labels), shuffled by the seeded
@@ -265,6 +266,10 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
     continues from it, giving the same result as an uninterrupted run; a checkpoint whose
     ``fingerprint`` (what it was trained on) differs is refused. Every epoch's row goes to the
     ``callbacks`` (epochs restored from a checkpoint are replayed to them first).
+    With ``dist`` (:class:`graftwork.distributed.Distributed`) the model is wrapped for data
+    parallel training as its ``requires_grad`` are now, ``train_batches`` must yield this
+    process's share, BN statistics are averaged after each epoch, and only the main process
+    writes the checkpoint.
     """
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     opt = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
@@ -286,14 +291,19 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         for old in result.history:
             dispatch(callbacks, "on_epoch_end", phase, old)
     t0 = time.perf_counter() - elapsed
+    trained = model if dist is None else dist.prepare(model)
+    if dist is not None:
+        steps_per_epoch = -(-steps_per_epoch // dist.world)
     for epoch in range(start_epoch, cfg.epochs + 1):
         if bad_epochs >= cfg.patience:
             result.stopped_early = True
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        row = _train_epoch(model, train_batches(gen), opt, sched, steps_per_epoch,
+        row = _train_epoch(trained, train_batches(gen), opt, sched, steps_per_epoch,
                            f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing,
                            runtime, cfg.class_weights)
+        if dist is not None:
+            dist.average_bn(model)
         val = validate() if validate is not None else {}
         row = {"phase": phase, "epoch": epoch, **row,
                "val_loss": val.get("loss", ""), "val_accuracy": val.get("accuracy", ""),
@@ -306,7 +316,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         else:
             bad_epochs += 1
         dispatch(callbacks, "on_epoch_end", phase, row)
-        if checkpoint is not None:
+        if checkpoint is not None and (dist is None or dist.is_main):
             _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict() if sched is not None else {},
                           "rng": torch.get_rng_state(), "history": result.history,

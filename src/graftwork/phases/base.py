@@ -65,6 +65,7 @@ class PhaseContext:
     previous: str | None = None  # the phase that ran before this one, if any
     runtime: Runtime | None = None  # device and precision of phases that run the network
     class_weights: tuple[float, ...] | None = None  # loss weight per class (None: all 1)
+    dist: Any = None  # graftwork.distributed.Distributed when several processes train
 
     def checkpoint(self, phase: str) -> Path | None:
         if self.checkpoint_dir is None:
@@ -154,7 +155,8 @@ class Phase:
                      resume=ctx.resume, callbacks=ctx.callbacks,
                      fingerprint={**ctx.fingerprint, "phase": self.name,
                                   "settings": cfg.as_dict()},
-                     runtime=ctx.runtime if self.needs_network and plan.runtime else None)
+                     runtime=ctx.runtime if self.needs_network and plan.runtime else None,
+                     dist=ctx.dist if self.needs_network else None)
         if self.needs_network and ctx.session.network_built:
             ctx.session.model.to("cpu")  # saved, evaluated and exported from the CPU
         return result, cfg, counts
