@@ -364,7 +364,9 @@ def _register() -> None:
         main.add_command(command)
 
 
-_register()
+if __name__ == "__main__":  # python -m graftwork.cli: run the imported, registered module
+    from graftwork.cli import main as _main
 
-if __name__ == "__main__":
-    main()
+    _main()
+else:
+    _register()
