@@ -90,3 +90,28 @@ def test_frozen_phase_onnx_and_torch_engines_agree(tiny_data: Path, cache_dir: s
         assert a["loss"] == pytest.approx(b["loss"], abs=1e-4)
     sa, sb = (r.model_.head.state_dict() for r in runs)
     assert all(torch.allclose(sa[k], sb[k], atol=1e-4) for k in sa)
+
+
+def test_predict_on_onnx_runtime_matches_torch(tiny_data: Path, cache_dir: str,
+                                               tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    clf = ImageClassifier(**TINY, strategy="finetune", epochs=1, precision="fp32",
+                          cache_dir=cache_dir).fit(tiny_data)
+    run = clf.save(tmp_path / "run")
+    folder = tiny_data / "test"
+    probs = {}
+    for engine in ("torch", "onnx"):
+        loaded = ImageClassifier.load(run).set_params(engine=engine, cache_dir=cache_dir)
+        probs[engine] = loaded.predict_proba(folder)
+    assert probs["torch"].shape == (12, 3)
+    assert abs(probs["torch"] - probs["onnx"]).max() < 1e-4
+    assert list((Path(cache_dir) / "models").glob("model-*.onnx"))  # kept for the next call
+    # the same model evaluated on the torch reference path (normalised float batches)
+    from graftwork.data import Sample, eval_transform, list_images
+
+    samples = [Sample(str(p), 0) for c in sorted(folder.iterdir()) for p in list_images(c)]
+    x = torch.stack([eval_transform(clf.preprocessing_)(__import__("PIL.Image").Image.open(
+        s.path).convert("RGB")) for s in samples])
+    with torch.inference_mode():
+        ref = clf.model_.eval()(x).softmax(1).numpy()
+    assert abs(ref - probs["onnx"]).max() < 0.02  # PIL vs uint8 resampling: a grey level or two

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,12 +16,16 @@ from torch import nn
 
 from graftwork._prepared import PreparedBackbone
 from graftwork.backbones import Backbone
-from graftwork.data import ImageDataset, Sample, Skipped, collate_skip, eval_transform
+from graftwork.data import ImageDataset, Sample, Skipped, collate_skip
 from graftwork.errors import BadImageError, DataError
 from graftwork.features import ExtractResult, default_workers, extract_features
 from graftwork.model import GraftModel, parameter_counts
 
-__all__ = ["Session"]
+__all__ = ["Session", "PREDICT_EXPORT_MIN"]
+
+#: Images from which "auto" exports a whole model to ONNX for prediction (an export takes
+#: seconds; ONNX Runtime then runs ~2x eager torch on a CPU); an export already made is reused.
+PREDICT_EXPORT_MIN = 1000
 
 
 class Session:
@@ -192,16 +197,43 @@ class Session:
             with torch.inference_mode():
                 return tta_logits(self.head(res.features[ok]),  # type: ignore[index]
                                   self.head(flip.features[ok])), ok  # type: ignore[index]
+        return self._network_logits(samples)
+
+    def _network_logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole model on an inference engine, on uint8 crops decoded in worker processes
+        (the extraction pipeline): ONNX Runtime for jobs that repay an export (the graph is
+        kept in the cache, keyed by the model's weights), eager torch otherwise."""
+        from graftwork._weights import state_digest
+        from graftwork.calibration import tta_logits
+        from graftwork.features import (AutoEngine, FastEvalTransform, FromPixels, create_engine,
+                                        default_cache_dir, resize_size)
+        from graftwork.features.pipeline import gated_stream
+
+        model, pre = self.model, self.preprocessing
+        model.eval()
+        size = int(pre["image_size"])
+        engine = self.engine if self.engine not in (None, "auto") else \
+            AutoEngine(min_images=PREDICT_EXPORT_MIN)
+        probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(0))
+        store = Path(self.cache_dir or default_cache_dir()) / "models"
+        key = f"model-{state_digest(model.state_dict())}-{size}"
+
+        def bind() -> Any:
+            run = create_engine(engine).bind(FromPixels(model, pre), probe, store, key,
+                                             len(samples))
+            return (lambda x: tta_logits(run(x), run(x.flip(2)))) if self.tta else run
+
+        workers = self.num_workers if self.num_workers is not None else (
+            0 if len(samples) < 64 else None)
+        dataset = ImageDataset(samples, FastEvalTransform(pre), draft_size=resize_size(pre))
         ok = torch.zeros(len(samples), dtype=torch.bool)
         out = []
-        with torch.inference_mode():
-            for batch in self.loader(samples, eval_transform(self.preprocessing), 64):
-                if len(batch["indices"]):
-                    x = batch["images"]
-                    out.append(tta_logits(self.model(x), self.model(x.flip(-1))) if self.tta
-                               else self.model(x))
-                    ok[batch["indices"]] = True
-                self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
+        for batch, logits in gated_stream(dataset, 64, workers, False, "predict", bind):
+            if logits is not None:
+                out.append(logits.float())
+                ok[batch["indices"]] = True
+            self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
         n = self.head_outputs()
         return (torch.cat(out) if out else torch.empty(0, n)), ok
 

@@ -125,7 +125,9 @@ class ImageClassifier(ParamsMixin):
         if session is None:
             raise NotFittedError("this classifier is not fitted yet",
                                  "call fit(DATA) or ImageClassifier.load(RUN) first")
-        session.tta = bool(self.tta)  # set_params(tta=...) after fitting or loading applies
+        # how to run (not what was learned) follows set_params after fitting or loading
+        session.tta, session.engine = bool(self.tta), self.engine
+        session.cache_dir, session.num_workers = self.cache_dir, self.num_workers
         return session
 
     # ------------------------------------------------------------------ using the model

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ from graftwork.features.decode import FastEvalTransform, FromPixels, resize_size
 from graftwork.features.engines import Engine, Runner, create_engine
 
 __all__ = ["ExtractResult", "extract_features", "default_workers", "bind_backbone",
-           "IndexBatches", "Gated"]
+           "gated_stream", "IndexBatches", "Gated"]
 
 log = logging.getLogger(__name__)
 
@@ -133,10 +133,44 @@ def _run_extraction(backbone: Any, cache: FeatureCache, samples: list[Sample],
     resized and cropped ``samples``), e.g. augmented views (:mod:`.views`)."""
     if not samples:
         return [], ""
-    workers = extract_workers() if num_workers is None else num_workers
     if dataset is None:
         dataset = ImageDataset(samples, FastEvalTransform(preprocessing),
                                draft_size=resize_size(preprocessing))
+    was_training = backbone.training
+    backbone.eval()
+    bound: list[Runner] = []
+
+    def bind() -> Runner:
+        bound.append(bind_backbone(backbone, preprocessing, cache, engine, len(samples)))
+        return bound[0]
+
+    bad: list[tuple[int, str]] = []
+    buf_feats: list[torch.Tensor] = []
+    buf_digests: list[bytes] = []
+    try:
+        for batch, feats in gated_stream(dataset, batch_size, num_workers, progress, desc, bind):
+            bad += batch["failures"]
+            if feats is not None:
+                buf_feats.append(feats)
+                buf_digests += [digests[i] for i in batch["indices"].tolist()]  # type: ignore[misc]
+            if len(buf_digests) >= SHARD_ROWS:
+                cache.write_shard(torch.cat(buf_feats), buf_digests)
+                buf_feats, buf_digests = [], []
+        if buf_digests:
+            cache.write_shard(torch.cat(buf_feats), buf_digests)
+    finally:
+        backbone.train(was_training)
+    return [(i, r) for i, r in bad], bound[0].name if bound else ""
+
+
+def gated_stream(dataset: Any, batch_size: int, num_workers: int | None, progress: bool,
+                 desc: str, bind: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+                 ) -> Iterator[tuple[dict[str, Any], torch.Tensor | None]]:
+    """(collated batch, outputs) for every batch of ``dataset`` (uint8 images): decoding in
+    worker processes (one per core), computing in this one, taking turns (:class:`Gated`).
+    ``bind()`` makes the compute function once the workers have started decoding; outputs are
+    None for batches without a usable image."""
+    workers = extract_workers() if num_workers is None else num_workers
     gate = context = None
     if workers:
         import multiprocessing
@@ -146,41 +180,29 @@ def _run_extraction(backbone: Any, cache: FeatureCache, samples: list[Sample],
         gate.set()
         dataset = Gated(dataset, gate)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_sampler=IndexBatches(len(samples), batch_size), num_workers=workers,
+        dataset, batch_sampler=IndexBatches(len(dataset), batch_size), num_workers=workers,
         collate_fn=collate_skip, prefetch_factor=4 if workers else None,
         multiprocessing_context=context)
-    was_training = backbone.training
-    backbone.eval()
     batches = None
     try:
         batches = iter(loader)  # workers start decoding while the engine gets ready
-        run = bind_backbone(backbone, preprocessing, cache, engine, len(samples))
-        bad: list[tuple[int, str]] = []
-        buf_feats: list[torch.Tensor] = []
-        buf_digests: list[bytes] = []
-        with torch.inference_mode(), tqdm(total=len(samples), desc=desc, unit="img",
+        run = bind()
+        with torch.inference_mode(), tqdm(total=len(dataset), desc=desc, unit="img",
                                           disable=not progress, leave=False) as bar:
             for batch in batches:
-                bad += batch["failures"]
+                out = None
                 if len(batch["indices"]):
                     if gate is not None:
                         gate.clear()  # workers finish the image in hand, then wait
-                    buf_feats.append(run(batch["images"]))
+                    out = run(batch["images"])
                     if gate is not None:
                         gate.set()
-                    buf_digests += [digests[i] for i in batch["indices"].tolist()]  # type: ignore[misc]
-                if len(buf_digests) >= SHARD_ROWS:
-                    cache.write_shard(torch.cat(buf_feats), buf_digests)
-                    buf_feats, buf_digests = [], []
+                yield batch, out
                 bar.update(len(batch["indices"]) + len(batch["failures"]))
-        if buf_digests:
-            cache.write_shard(torch.cat(buf_feats), buf_digests)
     finally:
         if gate is not None:
             gate.set()  # never leave workers waiting: they must see the shutdown
         del batches
-        backbone.train(was_training)
-    return [(i, r) for i, r in bad], run.name
 
 
 class IndexBatches:
