@@ -175,25 +175,18 @@ def compare(graftwork: dict[str, Any], keras: dict[str, Any]) -> dict[str, Any]:
             and graftwork["val_images"] == keras["val_images"]}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="60 + 20 images")
-    ap.add_argument("--data", type=Path, help="an image folder (default: exported Fashion-MNIST)")
-    ap.add_argument("--backbones", default=",".join(BACKBONES))
-    ap.add_argument("--no-keras", action="store_true", help="skip the Keras/TensorFlow peer")
-    ap.add_argument("--warmup-batches", type=int, default=3)
-    args = ap.parse_args()
+def run(data: Path, names: list[str], quick: bool, with_keras: bool,
+        warmup_batches: int = 3) -> dict[str, Any]:
+    """graftwork on every backbone, the Keras peer, and the ratios (one dict)."""
     start = time.perf_counter()
-    data = args.data or ensure_data(args.quick)
-    names = args.backbones.split(",")
     first = [SAME_AS_KERAS] if SAME_AS_KERAS in names else names[:1]
-    gw = measure(data, first, args.quick)  # the peer's architecture, then Keras, then the rest:
-    keras = None                           # the closest machine conditions on a shared box
-    if not args.no_keras:
-        keras = keras_peer(data, warmup_batches=args.warmup_batches)
+    gw = measure(data, first, quick)  # the peer's architecture, then Keras, then the rest:
+    keras = None                      # the closest machine conditions on a shared box
+    if with_keras:
+        keras = keras_peer(data, warmup_batches=warmup_batches)
     rest = [n for n in names if n not in first]
     if rest:
-        more = measure(data, rest, args.quick)
+        more = measure(data, rest, quick)
         gw["per_backbone"].update(more["per_backbone"])
         gw["detail"].update(more["detail"])
     out: dict[str, Any] = {**gw}
@@ -206,7 +199,20 @@ def main() -> None:
     out["note"] = ("indicative: one run on a shared machine (see loadavg_1min_after); "
                    "Keras uses random weights (offline), graftwork its pretrained ones")
     out["wall_s"] = round(time.perf_counter() - start, 1)
-    print(json.dumps(out))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="60 + 20 images")
+    ap.add_argument("--data", type=Path, help="an image folder (default: exported Fashion-MNIST)")
+    ap.add_argument("--backbones", default=",".join(BACKBONES))
+    ap.add_argument("--no-keras", action="store_true", help="skip the Keras/TensorFlow peer")
+    ap.add_argument("--warmup-batches", type=int, default=3)
+    args = ap.parse_args()
+    data = args.data or ensure_data(args.quick)
+    print(json.dumps(run(data, args.backbones.split(","), args.quick, not args.no_keras,
+                         args.warmup_batches)))
 
 
 if __name__ == "__main__":
