@@ -170,3 +170,22 @@ def test_runtime_recorded(tiny_data: Path, cache_dir: str) -> None:
     assert clf.config()["runtime"]["precision"] == "fp32"
     assert clf.config()["hyperparameters"]["precision"] == "fp32"
     assert torch.get_num_threads() >= 1
+
+
+def test_device_option_on_commands_that_run_a_saved_model(tiny_data: Path, cache_dir: str,
+                                                          tmp_path: Path) -> None:
+    import torch as _torch
+
+    run = ImageClassifier(**TINY, epochs=2, cache_dir=cache_dir).fit(tiny_data).save(
+        tmp_path / "run")
+    folder = str(tiny_data / "test")
+    for cmd in (["predict", str(run), folder, "--format", "json"],
+                ["evaluate", str(run), folder, "--json"],
+                ["doctor", str(run), str(tiny_data), "--json"]):
+        ok = CliRunner().invoke(main, [*cmd, "--device", "cpu"])
+        assert ok.exit_code == 0, ok.output
+        bad = CliRunner().invoke(main, [*cmd, "--device", "tpu"])
+        assert bad.exit_code == 2 and "Error: " in bad.stderr and "Fix: " in bad.stderr
+        if not _torch.cuda.is_available():
+            gpu = CliRunner().invoke(main, [*cmd, "--device", "cuda"])
+            assert gpu.exit_code == 2 and "--device" in gpu.stderr

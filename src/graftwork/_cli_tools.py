@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from graftwork.cli import _friendly, _setup_logging, build_report_quietly, unfreeze_value
+from graftwork.cli import (_friendly, _setup_logging, build_report_quietly, device_option,
+                           load_run, unfreeze_value)
 from graftwork.params import click_type
 
 __all__ = ["COMMANDS"]
@@ -90,14 +91,13 @@ def _rebuild_report(run: Path) -> None:
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click_type("batch_size"), default=32, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
+@device_option
 @_friendly
-def doctor(run: Path, data: Path, batch_size: int, as_json: bool) -> None:
+def doctor(run: Path, data: Path, batch_size: int, as_json: bool, device: str) -> None:
     """Measure the BatchNorm train-mode / eval-mode gap of RUN's model on DATA."""
     from graftwork._persist import save_metrics
-    from graftwork.classifier import ImageClassifier
-
     _setup_logging(False, True)
-    clf = ImageClassifier.load(run)
+    clf = load_run(run, device)
     report = clf.doctor(data, batch_size)
     save_metrics(run, clf.metrics_)
     _rebuild_report(run)
@@ -119,15 +119,15 @@ def doctor(run: Path, data: Path, batch_size: int, as_json: bool) -> None:
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("data", type=click.Path(path_type=Path))
 @click.option("--batch-size", type=click_type("batch_size"), default=32, show_default=True)
+@device_option
 @_friendly
-def recalibrate(run: Path, data: Path, batch_size: int) -> None:
+def recalibrate(run: Path, data: Path, batch_size: int, device: str) -> None:
     """Recompute the BN statistics of RUN's model on DATA's training images and save it."""
-    from graftwork.classifier import ImageClassifier
     from graftwork.rundir import RunLock
 
     _setup_logging(False, True)
     with RunLock(run):
-        clf = ImageClassifier.load(run)
+        clf = load_run(run, device)
         result = clf.recalibrate_bn(data, batch_size)
         clf.save(run)
         _rebuild_report(run)

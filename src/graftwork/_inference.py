@@ -2,6 +2,7 @@
 and recalibration on a training folder."""
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -106,12 +107,39 @@ def _train_batches(session: Session, classes: Sequence[str], data: str | Path,
     return _Reiterable(lambda: session.image_batches(splits.train, tf, None, batch_size))
 
 
+class _Mapped:
+    """Re-iterable batches with ``fn`` applied to each (x, y)."""
+
+    def __init__(self, batches: Any, fn: Callable[[Any], Any]) -> None:
+        self.batches, self.fn = batches, fn
+
+    def __iter__(self) -> Iterator[Any]:
+        return (self.fn(b) for b in self.batches)
+
+
+@contextlib.contextmanager
+def _on_device(session: Session) -> Iterator[Callable[[Any], Any]]:
+    """The model on ``session.device`` inside the block (back on the CPU after it), and the
+    function that moves a batch there."""
+    device = torch.device(session.device)
+    if device.type == "cpu":
+        yield lambda b: b
+        return
+    session.model.to(device)
+    try:
+        yield lambda b: tuple(t.to(device, non_blocking=True) for t in b)
+    finally:
+        session.model.to("cpu")
+
+
 def doctor(session: Session, classes: Sequence[str], data: str | Path,
            batch_size: int = 32) -> dict[str, Any]:
     """BatchNorm train-mode (batch statistics) vs eval-mode accuracy on DATA's images."""
     from graftwork.bn import diagnose
 
-    return diagnose(session.model, _train_batches(session, classes, data, batch_size)).as_dict()
+    batches = _train_batches(session, classes, data, batch_size)
+    with _on_device(session) as to:
+        return diagnose(session.model, _Mapped(batches, to)).as_dict()
 
 
 def recalibrate(session: Session, classes: Sequence[str], data: str | Path,
@@ -121,9 +149,11 @@ def recalibrate(session: Session, classes: Sequence[str], data: str | Path,
     from graftwork.training import evaluate
 
     batches = _train_batches(session, classes, data, batch_size)
-    before = evaluate(session.model, batches)
-    layers = recal(session.model, batches)
-    after = evaluate(session.model, batches)
+    with _on_device(session) as to:
+        on_device = _Mapped(batches, to)
+        before = evaluate(session.model, on_device)
+        layers = recal(session.model, on_device)
+        after = evaluate(session.model, on_device)
     session.pristine = False
     with torch.no_grad():
         session.eval()

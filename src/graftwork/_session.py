@@ -45,6 +45,7 @@ class Session:
         self.strict = strict
         self.progress = progress
         self.engine = engine
+        self.device = "cpu"  # where eager torch runs the network (engines, BN tools)
         self.tta = False  # average the probabilities of each image and its mirror image
         self.temperature = 1.0  # logits are divided by it (temperature scaling)
         self.pristine = True  # backbone weights as pretrained: cached features are valid
@@ -109,7 +110,7 @@ class Session:
         res = extract_features(self.backbone, samples, self.preprocessing, self.cache_dir,
                                batch_size=max(self.batch_size, 32), num_workers=self.num_workers,
                                progress=self.progress, strict=self.strict, desc=desc,
-                               engine=self.engine)
+                               engine=self.engine_for())
         self.note_skipped(res.skipped)
         new = {s.path for s in samples} - self._seen  # each image counted once per fit
         self._seen |= new
@@ -205,15 +206,14 @@ class Session:
         kept in the cache, keyed by the model's weights), eager torch otherwise."""
         from graftwork._weights import state_digest
         from graftwork.calibration import tta_logits
-        from graftwork.features import (AutoEngine, FastEvalTransform, FromPixels, create_engine,
+        from graftwork.features import (FastEvalTransform, FromPixels, create_engine,
                                         default_cache_dir, resize_size)
         from graftwork.features.pipeline import gated_stream
 
         model, pre = self.model, self.preprocessing
         model.eval()
         size = int(pre["image_size"])
-        engine = self.engine if self.engine not in (None, "auto") else \
-            AutoEngine(min_images=PREDICT_EXPORT_MIN)
+        engine = self.engine_for(PREDICT_EXPORT_MIN)
         probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
                               generator=torch.Generator().manual_seed(0))
         store = Path(self.cache_dir or default_cache_dir()) / "models"
@@ -236,6 +236,20 @@ class Session:
             self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
         n = self.head_outputs()
         return (torch.cat(out) if out else torch.empty(0, n)), ok
+
+    def engine_for(self, min_images: int = 128) -> Any:
+        """The engine object for a job: the user's choice, with eager torch on ``device``; for
+        "auto", ONNX Runtime from ``min_images`` images (or once an export exists)."""
+        from graftwork.features import AutoEngine, OnnxEngine, TorchEngine
+
+        torch_engine = TorchEngine(device=self.device)
+        if self.engine in (None, "auto"):
+            return AutoEngine(min_images=min_images, torch=torch_engine)
+        if self.engine == "torch":
+            return torch_engine
+        if self.engine == "onnx":
+            return AutoEngine(min_images=0, onnx=OnnxEngine(), torch=torch_engine)
+        return self.engine  # an Engine object
 
     def head_outputs(self) -> int:
         return [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1].out_features

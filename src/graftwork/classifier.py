@@ -128,6 +128,9 @@ class ImageClassifier(ParamsMixin):
         # how to run (not what was learned) follows set_params after fitting or loading
         session.tta, session.engine = bool(self.tta), self.engine
         session.cache_dir, session.num_workers = self.cache_dir, self.num_workers
+        from graftwork.devices import resolve_device
+
+        session.device = str(resolve_device(self.device))
         return session
 
     # ------------------------------------------------------------------ using the model

@@ -110,6 +110,19 @@ def _skip_final_gc() -> None:
     atexit.register(gc.freeze)
 
 
+def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device`` for commands that run a saved model."""
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")(func)
+
+
+def load_run(run: Path, device: str) -> Any:
+    """The classifier saved in RUN, set to run on ``device``."""
+    from graftwork.classifier import ImageClassifier
+
+    return ImageClassifier.load(run).set_params(device=device)
+
+
 def unfreeze_value(value: str) -> int | str:
     if value == "all":
         return value
@@ -296,13 +309,12 @@ def final_summary(clf: Any, out: Path) -> str:
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation (default: as "
               "trained).")
+@device_option
 @_friendly
-def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None) -> None:
+def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None, device: str) -> None:
     """Accuracy and loss of the model in RUN on DATA (one sub-folder per class)."""
-    from graftwork.classifier import ImageClassifier
-
     _setup_logging(False, True)
-    clf = ImageClassifier.load(run)
+    clf = load_run(run, device)
     if tta is not None:
         clf.set_params(tta=tta)
     result = clf.evaluate(data)
@@ -321,17 +333,17 @@ def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None) -> None
               show_default=True)
 @click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation (default: as "
               "trained).")
+@device_option
 @_friendly
 def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
-            tta: bool | None) -> None:
+            tta: bool | None, device: str) -> None:
     """Predict the class of image files and folders of images with the model in RUN."""
     import csv
 
-    from graftwork.classifier import ImageClassifier
     from graftwork.rundir import csv_safe
 
     _setup_logging(False, True)
-    clf = ImageClassifier.load(run)
+    clf = load_run(run, device)
     if tta is not None:
         clf.set_params(tta=tta)
     rows = clf.predict(list(inputs), top_k=top_k)

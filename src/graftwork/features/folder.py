@@ -11,7 +11,6 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 from graftwork.data import Sample, discover
 from graftwork.errors import ConfigError
