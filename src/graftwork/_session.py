@@ -130,20 +130,32 @@ class Session:
 
     # ------------------------------------------------------------------ images
     def loader(self, samples: Sequence[Sample], transform: Any, batch_size: int,
-               generator: torch.Generator | None = None) -> torch.utils.data.DataLoader:
-        """Batches of decoded images (``collate_skip`` dicts), shuffled when given a generator."""
+               generator: torch.Generator | None = None, gate: Any = None
+               ) -> torch.utils.data.DataLoader:
+        """Batches of decoded images (``collate_skip`` dicts), shuffled when given a generator.
+
+        With a ``gate`` (see ``features.pipeline.Gated``) there is a decode worker per core,
+        each decoding only while the engine in this process is not computing."""
         workers = default_workers() if self.num_workers is None else self.num_workers
-        dataset = ImageDataset(samples, transform, draft_size=self.preprocessing["image_size"])
+        dataset: Any = ImageDataset(samples, transform,
+                                    draft_size=self.preprocessing["image_size"])
         workers = workers if len(samples) > batch_size else 0
+        extra: dict[str, Any] = {}
+        if gate is not None and workers:
+            from graftwork.features.pipeline import Gated, extract_workers
+
+            workers = extract_workers() if self.num_workers is None else workers
+            dataset = Gated(dataset, gate.event)
+            extra = {"prefetch_factor": 4, "multiprocessing_context": gate.context}
         if generator is not None and self.dist is not None:  # this process's training batches
             order = torch.randperm(len(samples), generator=generator).tolist()
             mine = self.dist.own([order[i:i + batch_size]
                                   for i in range(0, len(order), batch_size)])
             return torch.utils.data.DataLoader(dataset, batch_sampler=mine, num_workers=workers,
-                                               collate_fn=collate_skip)
+                                               collate_fn=collate_skip, **extra)
         return torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=generator is not None, generator=generator,
-            num_workers=workers, collate_fn=collate_skip)
+            num_workers=workers, collate_fn=collate_skip, **extra)
 
     def image_batches(self, samples: Sequence[Sample], transform: Any,
                       generator: torch.Generator | None = None, batch_size: int | None = None
@@ -154,10 +166,11 @@ class Session:
             yield batch["images"].contiguous(memory_format=torch.channels_last), batch["labels"]
 
     def raw_batches(self, samples: Sequence[Sample], transform: Any,
-                    generator: torch.Generator | None = None, batch_size: int | None = None
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    generator: torch.Generator | None = None, batch_size: int | None = None,
+                    gate: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(uint8 NHWC images, labels) batches for the engines; bad files noted as skipped."""
-        for batch in self.loader(samples, transform, batch_size or self.batch_size, generator):
+        for batch in self.loader(samples, transform, batch_size or self.batch_size, generator,
+                                 gate):
             self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
             yield batch["images"], batch["labels"]
 

@@ -6,6 +6,7 @@ whose content is not cached yet are decoded. See ``bench/results.md`` for the nu
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -25,7 +26,7 @@ from graftwork.features.decode import FastEvalTransform, FromPixels, resize_size
 from graftwork.features.engines import Engine, Runner, create_engine
 
 __all__ = ["ExtractResult", "extract_features", "default_workers", "bind_backbone",
-           "gated_stream", "IndexBatches", "Gated"]
+           "gated_stream", "IndexBatches", "Gate", "Gated"]
 
 log = logging.getLogger(__name__)
 
@@ -220,6 +221,25 @@ class IndexBatches:
 
     def __len__(self) -> int:
         return len(self.bounds)
+
+
+class Gate:
+    """Decode workers wait on ``event`` while this process computes (``with gate.closed():``)."""
+
+    def __init__(self) -> None:
+        import multiprocessing
+
+        self.context = multiprocessing.get_context()
+        self.event = self.context.Event()
+        self.event.set()
+
+    @contextlib.contextmanager
+    def closed(self) -> Iterator[None]:
+        self.event.clear()  # workers finish the image in hand, then wait
+        try:
+            yield
+        finally:
+            self.event.set()
 
 
 class Gated(torch.utils.data.Dataset):

@@ -9,6 +9,7 @@ frozen BatchNorm layers only ever run in inference mode.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -20,6 +21,7 @@ from graftwork._weights import state_digest
 from graftwork.data import Sample
 from graftwork.features import FeatureCache, FromPixels, create_engine
 from graftwork.features.engines import Runner
+from graftwork.features.pipeline import Gate
 from graftwork.features.decode import AugmentPixels, FastEvalTransform
 from graftwork.model import GraftModel
 
@@ -35,14 +37,16 @@ class OnEngine(nn.Module):
     unfrozen-but-inference BN stays in eval mode) applies to the tail's layers too.
     """
 
-    def __init__(self, runner: Runner, tail: nn.Module, graft: GraftModel) -> None:
+    def __init__(self, runner: Runner, tail: nn.Module, graft: GraftModel,
+                 gate: Gate | None = None) -> None:
         super().__init__()
         self.runner = runner
         self.tail = tail
         self.graft = [graft]  # not a child: its parameters are the tail's and the prefix's
+        self.gate = gate  # decode workers pause while the engine computes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
+        with torch.no_grad(), self.gate.closed() if self.gate else contextlib.nullcontext():
             maps = self.runner(x)
         return self.tail(maps)
 
@@ -84,14 +88,16 @@ def uses_engine(ctx: Any) -> bool:
     return ctx.runtime is None or ctx.runtime.device.type == "cpu"
 
 
-def pixel_batches(session: Any, samples: Sequence[Sample], augment: Any, policy: str | None = None
+def pixel_batches(session: Any, samples: Sequence[Sample], augment: Any, policy: str | None = None,
+                  gate: Gate | None = None
                   ) -> Callable[[torch.Generator | None, int], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
-    """Epochs of uint8 NHWC batches: augmented when ``augment`` is given, else eval crops."""
+    """Epochs of uint8 NHWC batches: augmented when ``augment`` is given, else eval crops;
+    with a ``gate``, decoded by one worker per core while the engine is idle."""
     pre = session.preprocessing
     tf = (AugmentPixels(pre, augment, policy or "classic") if augment is not None
           and policy != "none" else FastEvalTransform(pre))
 
     def epoch(generator: torch.Generator | None, batch_size: int
               ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return session.raw_batches(samples, tf, generator, batch_size)
+        return session.raw_batches(samples, tf, generator, batch_size, gate)
     return epoch

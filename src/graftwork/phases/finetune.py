@@ -13,6 +13,7 @@ from torch import nn
 
 from graftwork.data import eval_transform
 from graftwork.errors import ConfigError
+from graftwork.features.pipeline import Gate
 from graftwork.model import freeze_backbone
 from graftwork.phases._engine import (OnEngine, bind_prefix, identity_runner, pixel_batches,
                                       split_or_none, uses_engine)
@@ -82,9 +83,10 @@ class Finetune(Phase):
         runner = bind_prefix(prefix, model, s.preprocessing, s.cache(), s.engine,
                              planned_images(ctx, self.defaults))
         tail = nn.Sequential(suffix, model.head)
-        return PhasePlan(OnEngine(runner, tail, model),
+        gate = Gate()
+        return PhasePlan(OnEngine(runner, tail, model, gate),
                          pixel_batches(s, ctx.splits.train, ctx.params.get("augment"),
-                                       ctx.params.get("augment_policy")),
+                                       ctx.params.get("augment_policy"), gate),
                          self._validation(ctx, runner, tail), n)
 
     @staticmethod

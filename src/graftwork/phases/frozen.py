@@ -7,6 +7,7 @@ import torch
 
 from graftwork.data import train_transform
 from graftwork.features import bind_backbone
+from graftwork.features.pipeline import Gate
 from graftwork.model import freeze_backbone
 from graftwork.phases._engine import OnEngine, pixel_batches, uses_engine
 from graftwork.phases.base import Phase, PhaseContext, PhaseDefaults, PhasePlan
@@ -50,9 +51,10 @@ class Frozen(Phase):
             model.eval()
             runner = bind_backbone(model.backbone, s.preprocessing, s.cache(), s.engine,
                                    planned_images(ctx, self.defaults))
-            return PhasePlan(OnEngine(runner, model.head, model),
+            gate = Gate()
+            return PhasePlan(OnEngine(runner, model.head, model, gate),
                              pixel_batches(s, ctx.splits.train, ctx.params.get("augment"),
-                                           ctx.params.get("augment_policy")),
+                                           ctx.params.get("augment_policy"), gate),
                              validate, n, runtime=False)
         model.to(memory_format=torch.channels_last)
         model.to(ctx.runtime.device)  # type: ignore[union-attr]
