@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/graft baseline $(DATA)
-	$(BIN)/graft train $(DATA) --strategy ladder --out runs/demo --cache-dir .cache/graftwork
+	$(BIN)/graft train $(DATA) --strategy ladder --out runs/demo --overwrite --cache-dir .cache/graftwork
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
