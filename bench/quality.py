@@ -42,6 +42,7 @@ CONFIGS: list[dict[str, Any]] = [
     {"name": "extract", "strategy": "extract", "options": {}},
     {"name": "ladder", "strategy": "ladder", "options": {}},
     {"name": "extract, linear head", "strategy": "extract", "options": {"head": "linear"}},
+    {"name": "extract, head=auto", "strategy": "extract", "options": {"head": "auto"}},
     {"name": "extract, aug_views=4", "strategy": "extract", "options": {"aug_views": 4}},
     {"name": "extract, tta", "strategy": "extract", "options": {"tta": True}},
     {"name": "extract, class_weights=auto", "strategy": "extract",

@@ -189,3 +189,19 @@ def test_device_option_on_commands_that_run_a_saved_model(tiny_data: Path, cache
         if not _torch.cuda.is_available():
             gpu = CliRunner().invoke(main, [*cmd, "--device", "cuda"])
             assert gpu.exit_code == 2 and "--device" in gpu.stderr
+
+
+def test_head_auto_chooses_on_validation_and_saves_the_choice(tiny_data: Path, cache_dir: str,
+                                                              tmp_path: Path) -> None:
+    from graftwork.heads import HEAD_CANDIDATES
+
+    clf = ImageClassifier(**TINY, head="auto", epochs=5, cache_dir=cache_dir).fit(tiny_data)
+    spec = clf.head_
+    assert spec["chosen_by"] == "validation" and len(spec["candidates"]) == len(HEAD_CANDIDATES)
+    best = max(c["val_accuracy"] for c in spec["candidates"])
+    assert clf.phases_[0]["best_val_accuracy"] == best  # the chosen head, trained again
+    assert [r["epoch"] for r in clf.history_] == list(range(1, len(clf.history_) + 1))
+    loaded = ImageClassifier.load(clf.save(tmp_path / "run"))
+    assert loaded.config()["head"]["kind"] == spec["kind"]
+    np.testing.assert_allclose(loaded.predict_proba(tiny_data / "test"),
+                               clf.predict_proba(tiny_data / "test"), atol=1e-4)

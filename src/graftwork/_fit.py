@@ -87,6 +87,9 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
                       num_workers=params["num_workers"], strict=params["strict"],
                       progress=params["progress"], engine=params["engine"])
     session.tta = bool(params.get("tta"))
+    session.head_spec = {"kind": "mlp" if params["head"] == "auto" else params["head"],
+                         "hidden": params["hidden"],
+                         "dropout": head_dropout(params["head"], params["dropout"])}
     session.skipped.update({s.path: s.reason for s in splits.skipped})  # not images: never
                                                                     # an error, even --strict
     history = History()
@@ -130,6 +133,7 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
             state = {k: v.clone() for k, v in session.model.state_dict().items()}
             best = (*score, phase.name, state, session.pristine)
     clf.history_ = history.rows
+    clf.head_ = dict(session.head_spec)
     clf.extract_stats_ = session.extract_stats
     clf.unfrozen_blocks_ = session.unfrozen_blocks
     if params["strategy"] in SEQUENCES and best is not None:

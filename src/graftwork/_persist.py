@@ -58,8 +58,8 @@ def run_config(clf: ImageClassifier) -> dict[str, Any]:
         "classes": clf.classes_,
         "preprocessing": clf.preprocessing_,
         "strategy": clf.strategy,
-        "head": {"kind": clf.head, "hidden": clf.hidden,
-                 "dropout": head_dropout(clf.head, clf.dropout)},
+        "head": getattr(clf, "head_", None) or {"kind": clf.head, "hidden": clf.hidden,
+                                                "dropout": head_dropout(clf.head, clf.dropout)},
         "hyperparameters": _hyperparameters(clf),
         "bn_policy": {"train_bn": clf.train_bn, **getattr(clf, "bn_", {})},
         "unfrozen_blocks": getattr(clf, "unfrozen_blocks_", []),
@@ -191,6 +191,7 @@ def load_run(cls: type[C], run_dir: str | Path) -> C:
                              "re-train, or restore the run directory") from exc
     model.eval()
     clf.classes_ = list(cfg["classes"])
+    clf.head_ = dict(cfg["head"])
     clf.preprocessing_ = cfg["preprocessing"]
     clf.pretrained_weights_ = WeightsInfo.from_dict(cfg["weights"])
     clf.bn_ = {k: v for k, v in cfg["bn_policy"].items() if k != "train_bn"}

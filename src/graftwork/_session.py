@@ -51,6 +51,7 @@ class Session:
         self.pristine = True  # backbone weights as pretrained: cached features are valid
         self.skipped: dict[str, str] = {}
         self.unfrozen_blocks: list[str] = []
+        self.head_spec: dict[str, Any] = {}  # kind, hidden, dropout of the head in use
         self.extract_stats = {"extracted": 0, "cached": 0}
         self.dist: Any = None  # a graftwork.distributed.Distributed: training batches shared out
         self._seen: set[str] = set()
@@ -91,6 +92,12 @@ class Session:
             return self._model.state_dict()
         return {**{f"backbone.{k}": v for k, v in self._prepared.state_dict().items()},  # type: ignore[union-attr]
                 **{f"head.{k}": v for k, v in self.head.state_dict().items()}}
+
+    def set_head(self, head: nn.Module) -> None:
+        """Replace the head (in the network too, once built)."""
+        self.head = head
+        if self._model is not None:
+            self._model.head = head
 
     def eval(self) -> None:
         (self._model if self._model is not None else self.head).eval()

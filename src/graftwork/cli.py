@@ -154,7 +154,9 @@ def unfreeze_value(value: str) -> int | str:
 @click.option("--schedule", type=click.Choice(["none", "cosine", "onecycle"]), default=None)
 @click.option("--patience", type=click_type("patience"), default=None,
               help="Early-stopping patience (epochs).")
-@click.option("--head", type=click.Choice(["mlp", "linear"]), default="mlp", show_default=True)
+@click.option("--head", type=click.Choice(["mlp", "linear", "auto"]), default="mlp",
+              show_default=True, help="auto: the best of a few heads on the validation split "
+              "(dense heads and L2-regularised linear probes; cheap on cached features).")
 @click.option("--hidden", type=click_type("hidden"), default=256, show_default=True)
 @click.option("--dropout", type=click_type("dropout"), default=None,
               help="Head dropout (default: 0.5 for mlp, none for linear).")

@@ -2,17 +2,22 @@
 on the features. No network is built when every feature is already cached."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from graftwork.errors import ConfigError
+from graftwork.heads import HEAD_CANDIDATES, HeadChoice, build_head
 from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
                                    feature_batch_size, sqrt_scaled_lr)
 from graftwork.training import TrainConfig, evaluate, tensor_batches, torch_threads
 
 __all__ = ["Extract", "augmented_views"]
+
+log = logging.getLogger(__name__)
 
 
 def augmented_views(ctx: PhaseContext, views: int, x: torch.Tensor, y: torch.Tensor
@@ -39,7 +44,7 @@ class Extract(Phase):
     defaults = PhaseDefaults(epochs=40, lr=1e-3, optimizer="adam", schedule="none", patience=8)
     needs_network = False
 
-    def config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
+    def _config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
         """Larger batches on big data (~n/20, <= 256) with a square-root-scaled Adam rate."""
         cfg = super().config(params, n_train)
         batch = feature_batch_size(cfg.batch_size, n_train)
@@ -68,4 +73,48 @@ class Extract(Phase):
 
     def run(self, ctx: PhaseContext):  # type: ignore[no-untyped-def]
         with torch_threads(1):  # a small head is many times slower on two OpenMP threads
+            if ctx.params.get("head") == "auto":
+                self._choose_head(ctx)
             return super().run(ctx)
+
+    def config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
+        cfg = self._config(params, n_train)
+        return replace(cfg, weight_decay=params.get("_weight_decay", cfg.weight_decay))
+
+    def _choose_head(self, ctx: PhaseContext) -> None:
+        """``head="auto"``: train each of ``HEAD_CANDIDATES`` on the cached features (quietly,
+        no checkpoints) and keep the best on validation; the chosen head is then trained again
+        as the phase itself (same seed: the same weights), so history and checkpoints are the
+        chosen head's alone."""
+        s = ctx.session
+        if not ctx.splits.val:
+            log.warning("head=auto needs a validation split: using the mlp head")
+            return
+        quiet = replace(ctx, callbacks=[], checkpoint_dir=None)
+        tried = []
+        for choice in HEAD_CANDIDATES:
+            s.set_head(self._head(ctx, choice))
+            result, _, _ = super().run(replace(quiet, params=self._params(ctx, choice)))
+            tried.append({**choice.as_dict(), **{f"val_{k}": v for k, v in
+                                                  (result.best_val or {}).items()}})
+        best = max(range(len(tried)), key=lambda i: (tried[i].get("val_accuracy", -1),
+                                                     -tried[i].get("val_loss", 0.0)))
+        choice = HEAD_CANDIDATES[best]
+        log.info("head=auto: %s (validation accuracy %.4f)", choice,
+                 tried[best].get("val_accuracy", float("nan")))
+        s.set_head(self._head(ctx, choice))
+        s.head_spec = {"kind": choice.kind, "hidden": choice.hidden, "dropout": choice.dropout,
+                       "weight_decay": choice.weight_decay, "chosen_by": "validation",
+                       "candidates": tried}
+        ctx.params = self._params(ctx, choice)
+
+    @staticmethod
+    def _head(ctx: PhaseContext, choice: HeadChoice) -> torch.nn.Module:
+        s, seed = ctx.session, ctx.params.get("seed", 0)
+        torch.manual_seed(seed)
+        return build_head(choice.kind, s.backbone.feature_dim, len(ctx.splits.classes),
+                          choice.hidden, choice.dropout)
+
+    @staticmethod
+    def _params(ctx: PhaseContext, choice: HeadChoice) -> dict[str, Any]:
+        return {**ctx.params, "_weight_decay": choice.weight_decay}
