@@ -205,3 +205,39 @@ def test_head_auto_chooses_on_validation_and_saves_the_choice(tiny_data: Path, c
     assert loaded.config()["head"]["kind"] == spec["kind"]
     np.testing.assert_allclose(loaded.predict_proba(tiny_data / "test"),
                                clf.predict_proba(tiny_data / "test"), atol=1e-4)
+
+
+class Sabotage(Phase):
+    """A rung that makes the head worse: its 'training' zeroes the head (val accuracy drops)."""
+
+    name = "toy_sabotage"
+    defaults = PhaseDefaults(epochs=1, lr=1e-9, optimizer="sgd", patience=1)
+    needs_network = False
+
+    def batches(self, ctx: PhaseContext) -> PhasePlan:
+        head = ctx.session.head
+        with torch.no_grad():
+            for p in head.parameters():
+                p.zero_()
+        xv, yv = ctx.session.features(ctx.splits.val, "features val")
+        x, y = ctx.session.features(ctx.splits.train, "features train")
+        return PhasePlan(head, lambda g, bs: tensor_batches(x, y, bs, g),
+                         lambda: evaluate(head, [(xv, yv)]), len(x))
+
+
+def test_the_ladder_climbs_from_the_best_rung(tiny_data: Path, cache_dir: str) -> None:
+    register_phase(Sabotage)
+    register_phase(HeadSGD)
+    register_strategy("toy_climb", ("extract", "toy_sabotage", "toy_sgd"))
+    try:
+        clf = ImageClassifier(**TINY, strategy="toy_climb", epochs=10,
+                              cache_dir=cache_dir).fit(tiny_data)
+    finally:
+        for name in ("toy_sabotage", "toy_sgd"):
+            PHASES.pop(name)
+        SEQUENCES.pop("toy_climb")
+    rows = {r["phase"]: r for r in clf.phases_}
+    assert rows["toy_sabotage"]["best_val_accuracy"] < rows["extract"]["best_val_accuracy"]
+    assert rows["toy_sabotage"]["warm_start"] == "extract"
+    assert rows["toy_sgd"]["warm_start"] == "extract"  # not the sabotaged rung
+    assert rows["toy_sgd"]["best_val_accuracy"] >= rows["toy_sabotage"]["best_val_accuracy"]

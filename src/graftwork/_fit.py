@@ -115,7 +115,16 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
     clf.pretrained_weights_, clf.preprocessing_ = backbone.weights, preprocessing
     clf.phases_, clf.trainable_, clf.phase_configs_ = [], {}, {}
     best: tuple[float, float, str, dict[str, torch.Tensor], bool] | None = None
+    sequence = params["strategy"] in SEQUENCES
     for phase in phases:
+        start = ctx.previous
+        if sequence and best is not None and best[2] != ctx.previous:
+            # a rung that did not improve validation is not climbed from: the next phase
+            # warm-starts from the best phase so far
+            log.info("%s starts from %s (%s did not improve validation accuracy)", phase.name,
+                     best[2], ctx.previous)
+            session.model.load_state_dict(best[3])
+            session.pristine, start = best[4], best[2]
         result, cfg, counts = phase.run(ctx)
         ctx.previous = phase.name
         clf.trainable_[phase.name], clf.phase_configs_[phase.name] = counts, cfg
@@ -125,7 +134,7 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
                "best_val_loss": val.get("loss"), "test_accuracy": test.get("accuracy"),
                "test_loss": test.get("loss"), "epochs": len(result.history),
                "best_epoch": result.best_epoch, "wall_time_s": round(result.seconds, 2),
-               "trainable_params": counts["trainable_params"]}
+               "trainable_params": counts["trainable_params"], "warm_start": start}
         clf.phases_.append(row)
         dispatch(ctx.callbacks, "on_phase_end", phase.name, row)
         score = (val.get("accuracy", -1.0), -val.get("loss", 0.0))
@@ -136,7 +145,7 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
     clf.head_ = dict(session.head_spec)
     clf.extract_stats_ = session.extract_stats
     clf.unfrozen_blocks_ = session.unfrozen_blocks
-    if params["strategy"] in SEQUENCES and best is not None:
+    if sequence and best is not None:
         session.model.load_state_dict(best[3])  # a sequence keeps its best phase
         clf.best_phase_, session.pristine = best[2], best[4]
     clf.bn_ = recalibrate_if_needed(session, splits, params)
