@@ -58,7 +58,7 @@ class ImageClassifier(ParamsMixin):
                  unfreeze: int | str = 1, lr_decay: float = 0.5, train_bn: bool = False,
                  label_smoothing: float = 0.0,
                  augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
-                 augment_policy: str = "classic", aug_views: int = 0, tta: bool = False,
+                 augment_policy: str = "mild", aug_views: int = 0, tta: bool = False,
                  class_weights: str | dict[str, float] | None = None, calibrate: bool = False,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
                  device: str = "auto", precision: str = "auto", engine: str = "auto",
