@@ -2,7 +2,7 @@
 
     python bench/quality.py             # full run (make quality): 5 datasets x 3 seeds
     python bench/quality.py --quick     # tiny subsets, 1 seed, 1 epoch: checks that it works
-    python bench/quality.py --seeds 5 --datasets fmnist-2000,lfw-faces --configs extract,ladder
+    python bench/quality.py --seeds 5 --datasets fmnist-2000,lfw-faces --configs "extract;ladder"
 
 Every configuration is one line of CONFIGS (name, strategy, ImageClassifier options) and is
 fitted through the public API only (``ImageClassifier(...).fit(folder)``) once per dataset and
@@ -208,7 +208,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed, 1 epoch")
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (3; QUICK 1)")
     ap.add_argument("--datasets", default=",".join(qd.SIZES), help="comma-separated")
-    ap.add_argument("--configs", default=None, help="comma-separated config names (all)")
+    ap.add_argument("--configs", default=None, help="config names separated by semicolons (all)")
     ap.add_argument("--image-datasets", default=None,
                     help="comma-separated: run the configs that train on images (frozen, "
                          "finetune, ladder) only on these datasets (all); the rest: skipped")
@@ -230,7 +230,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     unknown = [d for d in args.dataset_list if d not in qd.SIZES]
     if unknown:
         ap.error(f"unknown datasets {unknown}; choose from {list(qd.SIZES)}")
-    names = args.configs.split(",") if args.configs else [c["name"] for c in CONFIGS]
+    names = ([n.strip() for n in args.configs.split(";")] if args.configs
+             else [c["name"] for c in CONFIGS])
     if BASELINE not in names:
         names.insert(0, BASELINE)
     args.config_list = [c for c in CONFIGS if c["name"] in names]
