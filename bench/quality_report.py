@@ -6,8 +6,8 @@ import statistics
 from typing import Any
 
 BASELINE = "extract"
-PHASE_LABEL = {"extract": "ladder: extract rung", "frozen": "ladder: frozen rung (warm from extract)",
-               "finetune": "ladder: finetune rung (warm from frozen)"}
+PHASE_LABEL = {"extract": "ladder: extract rung", "frozen": "ladder: frozen rung",
+               "finetune": "ladder: finetune rung (from the best rung so far)"}
 
 
 def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
