@@ -51,9 +51,10 @@ class FastEvalTransform:
 
 
 class AugmentPixels(FastEvalTransform):
-    """The training augmentation on uint8 pixels: ``eval_transform``'s resize + centre crop,
-    then random affine (rotation, shift, shear, zoom; constant fill) and horizontal flip, as
-    ``data.train_transform`` does, but on a uint8 tensor and uint8 HWC out (for the engines)."""
+    """The training augmentation on uint8 pixels: ``eval_transform``'s resize + centre crop
+    (torchvision on a uint8 tensor), then the policy's random ops (affine, flip, ...) on the crop
+    as a PIL image, as ``data.train_transform`` does; uint8 HWC out (for the engines). PIL's
+    affine is ~2.5x faster than torchvision's on a uint8 tensor (0.48 vs 1.17 ms per image)."""
 
     def __init__(self, pre: dict[str, Any], aug: Any, policy: str = "classic") -> None:
         super().__init__(pre)
@@ -64,8 +65,10 @@ class AugmentPixels(FastEvalTransform):
         self.augment = v2.Compose(augment_ops(aug, policy))
 
     def __call__(self, img: Any) -> torch.Tensor:
-        x = super().__call__(img).permute(2, 0, 1)  # CHW view of the crop
-        return self.augment(x).permute(1, 2, 0).contiguous()
+        from PIL import Image
+
+        crop = Image.fromarray(super().__call__(img).numpy())
+        return torch.from_numpy(np.array(self.augment(crop), dtype=np.uint8))
 
 
 class Normalize(nn.Module):
