@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from graftwork.cli import _friendly, _progress_bars, _setup_logging
+from graftwork._cli_common import _friendly, _progress_bars, _setup_logging
 from graftwork.params import click_type
 
 __all__ = ["extract"]

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from graftwork.cli import (_friendly, _setup_logging, build_report_quietly, device_option,
+from graftwork._cli_common import (_friendly, _setup_logging, build_report_quietly, device_option,
                            load_run, unfreeze_value)
 from graftwork.params import click_type
 

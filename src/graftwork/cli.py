@@ -10,36 +10,18 @@ import atexit
 import functools
 import gc
 import json
-import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
 
-from graftwork.errors import GraftError
+from graftwork import _cli_extract, _cli_tools, cli_deploy
+from graftwork._cli_common import (_friendly, _progress_bars, _setup_logging,
+                                   build_report_quietly, device_option, load_run,
+                                   unfreeze_value)
 from graftwork.params import click_type
 
-log = logging.getLogger("graftwork")
-
-
-def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into ``Error: message`` + ``Fix: ...`` and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except GraftError as exc:
-            click.echo(f"Error: {exc.message}", err=True)
-            click.echo(f"Fix: {exc.fix or 'see the command --help'}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
-
-    return wrapper
 
 
 class _Graft(click.Group):
@@ -82,19 +64,6 @@ class StrategyChoice(click.Choice):
         pass
 
 
-def _setup_logging(verbose: bool, quiet: bool, bars: bool = False) -> None:
-    """Log to stderr; per-epoch lines only where no progress bar shows the epochs."""
-    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
-    logging.getLogger("graftwork.training").setLevel(
-        logging.WARNING if bars and not verbose else level)
-
-
-def _progress_bars(quiet: bool) -> bool:
-    """Bars on a terminal only: redirected to a file they would write a line per update."""
-    return not quiet and sys.stderr.isatty()
-
-
 @click.group(cls=_Graft, context_settings={"help_option_names": ["-h", "--help"],
                                             "max_content_width": 100})
 @click.version_option(package_name="graftwork")
@@ -108,32 +77,6 @@ def _skip_final_gc() -> None:
     """Interpreter shutdown garbage-collects every object torch created: ~0.7 s of a ~6 s cached
     re-run. Objects frozen at exit (stdlib ``gc.freeze``) are skipped by that last collection."""
     atexit.register(gc.freeze)
-
-
-def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--device`` for commands that run a saved model."""
-    return click.option("--device", default="auto", show_default=True,
-                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")(func)
-
-
-def load_run(run: Path, device: str) -> Any:
-    """The classifier saved in RUN, set to run on ``device``."""
-    from graftwork.classifier import ImageClassifier
-
-    return ImageClassifier.load(run).set_params(device=device)
-
-
-def unfreeze_value(value: str) -> int | str:
-    if value == "all":
-        return value
-    try:
-        number = int(value)
-    except ValueError:
-        raise click.BadParameter("an integer or 'all'", param_hint="'--unfreeze'") from None
-    if number < 0:
-        raise click.BadParameter("a number of blocks (0 or more) or 'all'",
-                                 param_hint="'--unfreeze'")
-    return number
 
 
 @main.command()
@@ -269,15 +212,6 @@ def class_weights_value(text: str | None) -> str | dict[str, float] | None:
     return value
 
 
-def build_report_quietly(out: Path) -> None:
-    from graftwork.report import build_report
-
-    try:
-        build_report(out)
-    except Exception as exc:  # a report problem must not lose a trained model
-        log.warning("report not written: %s", exc)
-
-
 def final_summary(clf: Any, out: Path) -> str:
     """The one-screen summary printed after training."""
     m = clf.metrics_
@@ -372,17 +306,9 @@ def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
         click.echo(format_table(flat, cols))
 
 
-def _register() -> None:
-    from graftwork import _cli_extract, _cli_tools, cli_deploy
+for _command in (*_cli_tools.COMMANDS, cli_deploy.export, cli_deploy.serve,
+                 _cli_extract.extract):
+    main.add_command(_command)
 
-    for command in (*_cli_tools.COMMANDS, cli_deploy.export, cli_deploy.serve,
-                    _cli_extract.extract):
-        main.add_command(command)
-
-
-if __name__ == "__main__":  # python -m graftwork.cli: run the imported, registered module
-    from graftwork.cli import main as _main
-
-    _main()
-else:
-    _register()
+if __name__ == "__main__":
+    main()

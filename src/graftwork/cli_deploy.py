@@ -1,33 +1,13 @@
 """``graft export`` and ``graft serve``: deployment commands, registered by ``graftwork.cli``."""
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import click
 
+from graftwork._cli_common import _friendly, _setup_logging
+
 __all__ = ["export", "serve"]
-
-
-def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``graftwork.cli._friendly`` (Error:/Fix:, exit 2), looked up at call time: ``graftwork.cli``
-    imports this module to register its commands."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from graftwork.cli import _friendly as friendly
-
-        return friendly(func)(*args, **kwargs)
-
-    return wrapper
-
-
-def _setup_logging(verbose: bool, quiet: bool) -> None:
-    from graftwork.cli import _setup_logging as setup
-
-    setup(verbose, quiet)
 
 
 @click.command()

@@ -1,0 +1,89 @@
+"""Helpers shared by the ``graft`` command modules (:mod:`graftwork.cli` and the modules whose
+commands it registers): error handling, logging, options used by several commands.
+
+The command modules import from here, never from ``graftwork.cli``, so importing any of them
+first (or running ``python -m graftwork.cli``) makes no import cycle.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from graftwork.errors import GraftError
+
+__all__ = ["_friendly", "_setup_logging", "_progress_bars", "device_option", "load_run",
+           "unfreeze_value", "build_report_quietly"]
+
+log = logging.getLogger("graftwork")
+
+
+def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into ``Error: message`` + ``Fix: ...`` and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GraftError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            click.echo(f"Fix: {exc.fix or 'see the command --help'}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool, quiet: bool, bars: bool = False) -> None:
+    """Log to stderr; per-epoch lines only where no progress bar shows the epochs."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("graftwork.training").setLevel(
+        logging.WARNING if bars and not verbose else level)
+
+
+def _progress_bars(quiet: bool) -> bool:
+    """Bars on a terminal only: redirected to a file they would write a line per update."""
+    return not quiet and sys.stderr.isatty()
+
+
+def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device`` for commands that run a saved model."""
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")(func)
+
+
+def load_run(run: Path, device: str) -> Any:
+    """The classifier saved in RUN, set to run on ``device``."""
+    from graftwork.classifier import ImageClassifier
+
+    return ImageClassifier.load(run).set_params(device=device)
+
+
+def unfreeze_value(value: str) -> int | str:
+    if value == "all":
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise click.BadParameter("an integer or 'all'", param_hint="'--unfreeze'") from None
+    if number < 0:
+        raise click.BadParameter("a number of blocks (0 or more) or 'all'",
+                                 param_hint="'--unfreeze'")
+    return number
+
+
+def build_report_quietly(out: Path) -> None:
+    from graftwork.report import build_report
+
+    try:
+        build_report(out)
+    except Exception as exc:  # a report problem must not lose a trained model
+        log.warning("report not written: %s", exc)
