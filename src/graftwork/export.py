@@ -11,14 +11,10 @@ the batch axis is dynamic. ``labels.txt`` and ``preprocess.json`` are written be
 from __future__ import annotations
 
 import csv
-import importlib.metadata
 import json
 import logging
-import os
-import secrets
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +25,8 @@ import torch
 from graftwork.classifier import ImageClassifier
 from graftwork.data import load_image
 from graftwork.errors import BadImageError, ConfigError, GraftError
+from graftwork.features import FastEvalTransform, FromPixels
+from graftwork.rundir import atomic_file, atomic_write_text, package_versions
 
 __all__ = ["ExportError", "ExportResult", "PixelModel", "export_model", "preprocess_spec",
            "load_pixels", "FORMATS", "INPUT_NAME", "OUTPUT_NAMES"]
@@ -42,16 +40,6 @@ OUTPUT_NAMES = ("logits", "probs")
 TOLERANCE = 1e-3  # max |logit difference| allowed between the export and the torch model
 CHECK_BATCHES = (1, 7)
 _MAX_CHECK_IMAGES = 21
-
-
-def _decode_ops() -> tuple[type, type]:
-    """(Normalize, FastEvalTransform): graftwork's eval-path pixel operations, imported in one
-    place (they live in ``graftwork.features`` or ``graftwork.features.decode``)."""
-    try:
-        from graftwork.features.decode import FastEvalTransform, Normalize  # type: ignore
-    except ImportError:
-        from graftwork.features import FastEvalTransform, Normalize
-    return Normalize, FastEvalTransform
 
 
 class ExportError(GraftError):
@@ -75,17 +63,12 @@ class ExportResult:
         return {k: str(v) if isinstance(v, Path) else v for k, v in d.items()}
 
 
-class PixelModel(torch.nn.Module):
-    """uint8 RGB ``[N, H, W, 3]`` -> (logits, probs): normalisation + backbone + head."""
+class PixelModel(FromPixels):
+    """uint8 RGB ``[N, H, W, 3]`` -> (logits, probs): the engines' ``FromPixels`` (normalisation
+    + backbone + head) with the softmax added."""
 
-    def __init__(self, model: torch.nn.Module, pre: dict[str, Any]) -> None:
-        super().__init__()
-        normalize_cls, _ = _decode_ops()
-        self.normalize = normalize_cls(pre)
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(self.normalize(x)).float()
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        logits = super().forward(x).float()
         return logits, logits.softmax(dim=1)
 
 
@@ -96,9 +79,8 @@ def pixel_model(clf: ImageClassifier) -> PixelModel:
 
 def load_pixels(source: str | Path | bytes, pre: dict[str, Any]) -> np.ndarray:
     """Decode (bomb-guarded) + graftwork's eval resize/centre crop: uint8 ``[H, W, 3]``."""
-    _, transform_cls = _decode_ops()
     img = load_image(source, draft_size=int(pre["image_size"]))
-    return transform_cls(pre)(img).numpy()
+    return FastEvalTransform(pre)(img).numpy()
 
 
 def preprocess_spec(clf: ImageClassifier) -> dict[str, Any]:
@@ -123,23 +105,10 @@ def preprocess_spec(clf: ImageClassifier) -> dict[str, Any]:
     }
 
 
-def _versions() -> dict[str, str]:
-    out = {"torch": torch.__version__}
-    try:
-        out["graftwork"] = importlib.metadata.version("graftwork")
-    except importlib.metadata.PackageNotFoundError:
-        out["graftwork"] = "unknown"
-    return out
-
-
 def _metadata(run: Path, clf: ImageClassifier, spec: dict[str, Any]) -> dict[str, str]:
-    metrics: dict[str, Any] = {}
-    try:
-        metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        pass
+    metrics = getattr(clf, "metrics_", {})  # read (or warned about) by ImageClassifier.load
     acc = {k: (metrics.get(k) or {}).get("accuracy") for k in ("val", "test")}
-    versions = _versions()
+    versions = package_versions()
     return {
         "classes": json.dumps(list(clf.classes_)),
         "image_size": str(spec["image_size"]),
@@ -152,8 +121,8 @@ def _metadata(run: Path, clf: ImageClassifier, spec: dict[str, Any]) -> dict[str
         "strategy": str(getattr(clf, "strategy", "")),
         "val_accuracy": "" if acc["val"] is None else str(acc["val"]),
         "test_accuracy": "" if acc["test"] is None else str(acc["test"]),
-        "graftwork_version": versions["graftwork"],
-        "torch_version": versions["torch"],
+        "graftwork_version": versions.get("graftwork", "unknown"),
+        "torch_version": versions.get("torch", torch.__version__),
     }
 
 
@@ -182,18 +151,6 @@ def _check_images(run: Path, pre: dict[str, Any],
     size = int(pre["image_size"])
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (_MAX_CHECK_IMAGES, size, size, 3), dtype=np.uint8), "random"
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path``, renamed onto it on success and removed otherwise."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _torch_logits(model: PixelModel, x: np.ndarray) -> np.ndarray:
@@ -269,11 +226,6 @@ def _export_torchscript(model: PixelModel, example: torch.Tensor, tmp: Path,
     return run
 
 
-def _write_text(path: Path, text: str) -> None:
-    with _atomic(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-
-
 def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *,
                  check_images: Sequence[str | Path] | None = None) -> ExportResult:
     """Export the run to ``out`` (default ``RUN/export/model.onnx`` or ``model.pt``), verify it
@@ -299,7 +251,9 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     meta = _metadata(run, clf, spec)
     images, source = _check_images(run, clf.preprocessing_, check_images)
     example = torch.from_numpy(images[:1].copy())
-    with _atomic(path) as tmp:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp_name:
+        tmp = Path(tmp_name)
         try:
             if fmt == "onnx":
                 runner = _export_onnx(model, example, tmp, meta)
@@ -320,8 +274,8 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
                               f"difference| {diff:.3g} (allowed {TOLERANCE}), top-1 agreement "
                               f"{agreement:.1%}", "try the other --format, or report this as a bug")
     labels, pre_path = path.parent / "labels.txt", path.parent / "preprocess.json"
-    _write_text(labels, "\n".join(clf.classes_) + "\n")
-    _write_text(pre_path, json.dumps({**spec, "metadata": meta}, indent=2) + "\n")
+    atomic_write_text(labels, "\n".join(clf.classes_) + "\n")
+    atomic_write_text(pre_path, json.dumps({**spec, "metadata": meta}, indent=2) + "\n")
     result = ExportResult(path=path, format=fmt, max_abs_logit_diff=diff, agreement=agreement,
                           n_images=len(images), batch_sizes=CHECK_BATCHES, image_source=source,
                           labels_path=labels, preprocess_path=pre_path)
