@@ -15,7 +15,7 @@ from graftwork._session import Session
 from graftwork.data import Sample, Skipped, discover, eval_transform, list_images
 from graftwork.errors import DataError
 
-__all__ = ["folder_samples", "evaluate_folder", "predict_paths", "predict_proba",
+__all__ = ["folder_samples", "evaluate_folder", "predict_paths", "predict_proba", "top_classes",
            "doctor", "recalibrate"]
 
 
@@ -80,10 +80,19 @@ def predict_paths(session: Session, classes: Sequence[str],
         if np.isnan(p).any():
             out.append({"path": path, "error": "cannot decode image"})
             continue
-        idx = np.argsort(-p, kind="stable")[:k]
-        out.append({"path": path, "label": classes[int(idx[0])], "prob": float(p[idx[0]]),
-                    "top_k": [{"label": classes[int(i)], "prob": float(p[i])} for i in idx]})
+        top = top_classes(p, classes, k)
+        out.append({"path": path, "label": top[0]["label"], "prob": top[0]["prob"],
+                    "top_k": top})
     return out
+
+
+def top_classes(probs: np.ndarray, classes: Sequence[str], k: int,
+                ndigits: int | None = None) -> list[dict[str, Any]]:
+    """The ``k`` most probable classes of one probability row, most probable first."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [{"label": classes[int(i)],
+             "prob": float(probs[i]) if ndigits is None else round(float(probs[i]), ndigits)}
+            for i in order]
 
 
 class _Reiterable:
@@ -97,24 +106,16 @@ class _Reiterable:
 
 
 def _train_batches(session: Session, classes: Sequence[str], data: str | Path,
-                   batch_size: int) -> _Reiterable:
+                   batch_size: int, to: Callable[[Any], Any]) -> _Reiterable:
+    """DATA's training images in eval transforms, each batch passed through ``to``."""
     folder = Path(data) / "train" if (Path(data) / "train").is_dir() else Path(data)
     splits = discover(folder, val_fraction=0.0, test_fraction=0.0)
     if splits.classes != list(classes):
         raise DataError(f"classes in {str(folder)!r} differ from the model's",
                         "use the same class folders the model was trained on")
     tf = eval_transform(session.preprocessing)
-    return _Reiterable(lambda: session.image_batches(splits.train, tf, None, batch_size))
-
-
-class _Mapped:
-    """Re-iterable batches with ``fn`` applied to each (x, y)."""
-
-    def __init__(self, batches: Any, fn: Callable[[Any], Any]) -> None:
-        self.batches, self.fn = batches, fn
-
-    def __iter__(self) -> Iterator[Any]:
-        return (self.fn(b) for b in self.batches)
+    return _Reiterable(lambda: (to(b) for b in
+                                session.image_batches(splits.train, tf, None, batch_size)))
 
 
 @contextlib.contextmanager
@@ -137,9 +138,9 @@ def doctor(session: Session, classes: Sequence[str], data: str | Path,
     """BatchNorm train-mode (batch statistics) vs eval-mode accuracy on DATA's images."""
     from graftwork.bn import diagnose
 
-    batches = _train_batches(session, classes, data, batch_size)
     with _on_device(session) as to:
-        return diagnose(session.model, _Mapped(batches, to)).as_dict()
+        batches = _train_batches(session, classes, data, batch_size, to)
+        return diagnose(session.model, batches).as_dict()
 
 
 def recalibrate(session: Session, classes: Sequence[str], data: str | Path,
@@ -148,14 +149,12 @@ def recalibrate(session: Session, classes: Sequence[str], data: str | Path,
     from graftwork.bn import recalibrate as recal
     from graftwork.training import evaluate
 
-    batches = _train_batches(session, classes, data, batch_size)
     with _on_device(session) as to:
-        on_device = _Mapped(batches, to)
-        before = evaluate(session.model, on_device)
-        layers = recal(session.model, on_device)
-        after = evaluate(session.model, on_device)
+        batches = _train_batches(session, classes, data, batch_size, to)
+        before = evaluate(session.model, batches)
+        layers = recal(session.model, batches)
+        after = evaluate(session.model, batches)
     session.pristine = False
-    with torch.no_grad():
-        session.eval()
+    session.eval()
     return {"recalibrated": True, "layers": len(layers), "train_before": before,
             "train_after": after}

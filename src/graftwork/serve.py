@@ -22,6 +22,7 @@ from PIL import Image
 
 from graftwork.classifier import ImageClassifier
 from graftwork.errors import BadImageError, ConfigError
+from graftwork._inference import top_classes
 from graftwork.export import load_pixels, pixel_model
 
 try:  # module level: FastAPI resolves the endpoints' (string) annotations in these globals
@@ -191,8 +192,7 @@ def create_app(run_dir: str | Path, *, max_bytes: int | str = "10MB", max_files:
 
 
 def _row(name: str, probs: np.ndarray, classes: list[str], k: int) -> dict[str, Any]:
-    order = np.argsort(-probs, kind="stable")[:k]
-    top = [{"label": classes[int(i)], "prob": round(float(probs[i]), 6)} for i in order]
+    top = top_classes(probs, classes, k, ndigits=6)
     return {"filename": name, "label": top[0]["label"], "prob": top[0]["prob"], "top_k": top}
 
 
