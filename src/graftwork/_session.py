@@ -224,24 +224,18 @@ class Session:
         """The whole model on an inference engine, on uint8 crops decoded in worker processes
         (the extraction pipeline): ONNX Runtime for jobs that repay an export (the graph is
         kept in the cache, keyed by the model's weights), eager torch otherwise."""
-        from graftwork._weights import state_digest
         from graftwork.calibration import tta_logits
-        from graftwork.features import (FastEvalTransform, FromPixels, create_engine,
-                                        default_cache_dir, resize_size)
+        from graftwork.features import (FastEvalTransform, bind_pixels, default_cache_dir,
+                                        resize_size)
         from graftwork.features.pipeline import gated_stream
 
         model, pre = self.model, self.preprocessing
         model.eval()
-        size = int(pre["image_size"])
         engine = self.engine_for(PREDICT_EXPORT_MIN)
-        probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
-                              generator=torch.Generator().manual_seed(0))
         store = Path(self.cache_dir or default_cache_dir()) / "models"
-        key = f"model-{state_digest(model.state_dict())}-{size}"
 
         def bind() -> Any:
-            run = create_engine(engine).bind(FromPixels(model, pre), probe, store, key,
-                                             len(samples))
+            run = bind_pixels(model, pre, store, "model", engine, len(samples))
             return (lambda x: tta_logits(run(x), run(x.flip(2)))) if self.tta else run
 
         workers = self.num_workers if self.num_workers is not None else (

@@ -16,12 +16,12 @@ from graftwork.features.engines import (ENGINES, AutoEngine, Engine, OnnxEngine,
                                         TorchEngine, create_engine, export_onnx, onnx_available,
                                         ort_session)
 from graftwork.features.pipeline import (ExtractResult, IndexBatches, bind_backbone,
-                                         default_workers, extract_features)
+                                         bind_pixels, default_workers, extract_features)
 from graftwork.features.folder import extract_folder, shard_from_env, shard_samples
 
 __all__ = ["FeatureCache", "default_cache_dir", "FastEvalTransform", "FromPixels", "Normalize",
            "resize_size", "ENGINES", "AutoEngine", "Engine", "OnnxEngine", "Runner",
            "TorchEngine", "create_engine", "export_onnx", "onnx_available", "ort_session",
-           "ExtractResult", "IndexBatches", "bind_backbone", "default_workers",
+           "ExtractResult", "IndexBatches", "bind_backbone", "bind_pixels", "default_workers",
            "extract_features", "file_digest", "extract_folder", "shard_from_env",
            "shard_samples"]

@@ -26,7 +26,7 @@ from graftwork.features.decode import FastEvalTransform, FromPixels, resize_size
 from graftwork.features.engines import Engine, Runner, create_engine
 
 __all__ = ["ExtractResult", "extract_features", "default_workers", "bind_backbone",
-           "gated_stream", "IndexBatches", "Gate", "Gated"]
+           "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated"]
 
 log = logging.getLogger(__name__)
 
@@ -110,17 +110,24 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: di
     return result
 
 
-def bind_backbone(backbone: Any, preprocessing: dict[str, Any], cache: FeatureCache,
-                  engine: str | Engine | None, images: int | None) -> Runner:
-    """The frozen ``backbone`` on uint8 pixels, bound to an engine (exports kept in the cache)."""
+def bind_pixels(module: torch.nn.Module, preprocessing: dict[str, Any], store: Path,
+                name: str, engine: str | Engine | None, images: int | None) -> Runner:
+    """``module`` (in its current weights) on uint8 pixels, bound to an engine; an exported
+    graph is kept in ``store`` as ``<name>-<weights digest>-<size>``."""
     from graftwork._weights import state_digest
 
     size = int(preprocessing["image_size"])
     probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
-    key = f"backbone-{state_digest(backbone.state_dict())}"
-    return create_engine(engine).bind(FromPixels(backbone, preprocessing), probe, cache.dir,
-                                      key, images)
+    key = f"{name}-{state_digest(module.state_dict())}-{size}"
+    return create_engine(engine).bind(FromPixels(module, preprocessing), probe, store, key,
+                                      images)
+
+
+def bind_backbone(backbone: Any, preprocessing: dict[str, Any], cache: FeatureCache,
+                  engine: str | Engine | None, images: int | None) -> Runner:
+    """The frozen ``backbone`` on uint8 pixels, bound to an engine (exports kept in the cache)."""
+    return bind_pixels(backbone, preprocessing, cache.dir, "backbone", engine, images)
 
 
 def _run_extraction(backbone: Any, cache: FeatureCache, samples: list[Sample],

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftwork._weights import state_digest
 from graftwork.data import Sample
-from graftwork.features import FeatureCache, FromPixels, create_engine
+from graftwork.features import FeatureCache, bind_pixels
 from graftwork.features.engines import Runner
 from graftwork.features.pipeline import Gate
 from graftwork.features.decode import AugmentPixels, FastEvalTransform
@@ -69,13 +68,8 @@ def bind_prefix(prefix: nn.Module, graft: GraftModel, preprocessing: dict[str, A
                 cache: FeatureCache, engine: Any, images: int) -> Runner:
     """The frozen ``prefix`` on uint8 pixels, bound to an engine (exports kept in the cache).
     The model is put in eval mode through ``graft`` (never ``.train()`` on a part)."""
-    size = int(preprocessing["image_size"])
-    probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(0))
     graft.eval()
-    key = f"prefix-{state_digest(prefix.state_dict())}-{size}"
-    return create_engine(engine).bind(FromPixels(prefix, preprocessing), probe, cache.dir, key,
-                                      images)
+    return bind_pixels(prefix, preprocessing, cache.dir, "prefix", engine, images)
 
 
 def identity_runner() -> Runner:
