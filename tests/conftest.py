@@ -33,6 +33,19 @@ def make_image_folder(root: Path, classes: int = 3, counts: dict[str, int] | Non
     return root
 
 
+def train_tiny_run(root: Path) -> Path:
+    """``root/run``: a tiny extract run (1 epoch) trained offline on a generated folder, for
+    module-scoped fixtures (the per-test ``_offline`` fixture does not reach them)."""
+    from graftwork import ImageClassifier
+
+    data = make_image_folder(root / "data")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_OFFLINE", "1")
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        clf = ImageClassifier(**TINY, epochs=1, cache_dir=str(root / "cache")).fit(data)
+        return clf.save(root / "run")
+
+
 class EvilPickle:
     """Unpickling this creates the file ``marker``: proof that pickled code ran."""
 

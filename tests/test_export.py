@@ -16,17 +16,12 @@ from graftwork import export as export_mod
 from graftwork.classifier import ImageClassifier
 from graftwork.cli import main
 from graftwork.export import ExportError, export_model
-from tests.conftest import TINY, make_image_folder
+from tests.conftest import train_tiny_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("export")
-    data = make_image_folder(root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAFT_OFFLINE", "1")
-        ImageClassifier(**TINY, epochs=1, cache_dir=str(root / "cache")).fit(data).save(root / "run")
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("export"))
 
 
 def _leftovers(folder: Path) -> list[str]:

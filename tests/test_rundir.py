@@ -24,7 +24,7 @@ from graftwork.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, FORMAT_VERSION, LOCK
                               config_digest, csv_safe, load_config, prepare_out, read_csv,
                               read_json, read_metrics, seal, validate_config, write_config,
                               write_csv, write_json)
-from tests.conftest import REPO, TINY, make_image_folder
+from tests.conftest import REPO, train_tiny_run
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
 
@@ -43,15 +43,7 @@ def real_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def new_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run saved by the current code (format 2, sealed)."""
-    from graftwork.classifier import ImageClassifier
-
-    root = tmp_path_factory.mktemp("new")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAFT_OFFLINE", "1")
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        data = make_image_folder(root / "data")
-        clf = ImageClassifier(**TINY, epochs=1, cache_dir=str(root / "cache")).fit(data)
-        return clf.save(root / "run")
+    return train_tiny_run(tmp_path_factory.mktemp("new"))
 
 
 def test_config_of_the_current_code_is_sealed(new_run: Path) -> None:

@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from graftwork.classifier import ImageClassifier
-from tests.conftest import TINY, make_image_folder
+from tests.conftest import train_tiny_run
 from tests.test_data import bomb_png
 
 pytest.importorskip("fastapi")
@@ -34,12 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("serve")
-    data = make_image_folder(root / "data")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("GRAFT_OFFLINE", "1")
-        ImageClassifier(**TINY, epochs=1, cache_dir=str(root / "cache")).fit(data).save(root / "run")
-    return root / "run"
+    return train_tiny_run(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
