@@ -181,13 +181,11 @@ def fingerprint(params: dict[str, Any], splits: Splits) -> dict[str, Any]:
         digests = file_digests([s.path for s in samples], params["cache_dir"] or default_cache_dir())
         for s, d in sorted(zip(samples, digests), key=lambda t: (t[1] or b"", t[0].label)):
             h.update(name.encode() + (d or s.path.encode()) + str(s.label).encode())
-    from graftwork._persist import RUNTIME_PARAMS
+    from graftwork._persist import learned_settings
 
-    settings = {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in params.items()
-                if k not in RUNTIME_PARAMS}
     return {"classes": list(splits.classes), "data": h.hexdigest()[:16],
             "backbone": params["backbone"], "strategy": params["strategy"],
-            "settings": settings}
+            "settings": learned_settings(params)}
 
 
 def _evaluate(session: Session, samples: Sequence[Sample]) -> dict[str, float]:

@@ -29,7 +29,7 @@ from graftwork.summary import backbone_table, run_summary
 if TYPE_CHECKING:
     from graftwork.classifier import ImageClassifier
 
-__all__ = ["run_config", "save_run", "load_run", "wrap_model", "run_summary_text",
+__all__ = ["run_config", "learned_settings", "save_run", "load_run", "wrap_model", "run_summary_text",
            "save_metrics", "RUNTIME_PARAMS"]
 
 log = logging.getLogger(__name__)
@@ -38,9 +38,15 @@ C = TypeVar("C", bound="ImageClassifier")
 RUNTIME_PARAMS = ("cache_dir", "num_workers", "progress", "strict", "engine")
 
 
+def learned_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters that shape what is learned (not ``RUNTIME_PARAMS``), JSON-able: saved as
+    hyperparameters and part of a checkpoint's fingerprint."""
+    return {k: (v.as_dict() if hasattr(v, "as_dict") else v) for k, v in params.items()
+            if k not in RUNTIME_PARAMS}
+
+
 def _hyperparameters(clf: ImageClassifier) -> dict[str, Any]:
-    params = {k: v for k, v in clf.get_params(deep=False).items() if k not in RUNTIME_PARAMS}
-    params["augment"] = clf.augment.as_dict() if clf.augment else None
+    params = learned_settings(clf.get_params(deep=False))
     params["phases"] = {k: c.as_dict() for k, c in getattr(clf, "phase_configs_", {}).items()}
     return params
 
