@@ -168,14 +168,14 @@ class Session:
                       generator: torch.Generator | None = None, batch_size: int | None = None
                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) batches in channels_last; bad files noted as skipped."""
-        for batch in self.loader(samples, transform, batch_size or self.batch_size, generator):
-            self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
-            yield batch["images"].contiguous(memory_format=torch.channels_last), batch["labels"]
+        for x, y in self.raw_batches(samples, transform, generator, batch_size):
+            yield x.contiguous(memory_format=torch.channels_last), y
 
     def raw_batches(self, samples: Sequence[Sample], transform: Any,
                     generator: torch.Generator | None = None, batch_size: int | None = None,
                     gate: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(uint8 NHWC images, labels) batches for the engines; bad files noted as skipped."""
+        """(images, labels) batches as ``transform`` makes them (uint8 NHWC for the engines);
+        bad files noted as skipped."""
         for batch in self.loader(samples, transform, batch_size or self.batch_size, generator,
                                  gate):
             self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
