@@ -141,7 +141,7 @@ class FeatureCache:
             found[pos] = True
         return out, found
 
-    def write_shard(self, features: torch.Tensor, digests: list[bytes]) -> Path | None:
+    def write_shard(self, features: torch.Tensor, digests: list[bytes]) -> Path:
         """Write one shard atomically and add it to the index. A cache that cannot be written
         (read-only, full) keeps the rows in memory only: warned once, never fatal."""
         feats = features.detach().to(torch.float32).contiguous()
