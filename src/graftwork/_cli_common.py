@@ -18,7 +18,7 @@ import click
 from graftwork.errors import GraftError
 
 __all__ = ["_friendly", "_setup_logging", "_progress_bars", "device_option", "load_run",
-           "unfreeze_value", "build_report_quietly"]
+           "unfreeze_value", "phase_options_value", "build_report_quietly"]
 
 log = logging.getLogger("graftwork")
 
@@ -68,16 +68,39 @@ def load_run(run: Path, device: str) -> Any:
 
 
 def unfreeze_value(value: str) -> int | str:
-    if value == "all":
+    if value in ("all", "auto"):
         return value
     try:
         number = int(value)
     except ValueError:
-        raise click.BadParameter("an integer or 'all'", param_hint="'--unfreeze'") from None
+        raise click.BadParameter("an integer, 'all' or 'auto'", param_hint="'--unfreeze'") \
+            from None
     if number < 0:
-        raise click.BadParameter("a number of blocks (0 or more) or 'all'",
+        raise click.BadParameter("a number of blocks (0 or more), 'all' or 'auto'",
                                  param_hint="'--unfreeze'")
     return number
+
+
+def phase_options_value(items: tuple[str, ...]) -> dict[str, dict[str, Any]] | None:
+    """``--phase-option PHASE.SETTING=VALUE`` (repeatable) as ``phase_options``; numbers are
+    parsed here, ranges and names are checked with the other parameters."""
+    from graftwork.params import PARAMS
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, text = item.partition("=")
+        phase, dot, key = target.partition(".")
+        if not (sep and dot and phase and key and text):
+            raise click.BadParameter(f"{item!r} is not PHASE.SETTING=VALUE (e.g. "
+                                     "finetune.lr=1e-4)", param_hint="'--phase-option'")
+        kind = PARAMS[key].kind if key in PARAMS else "str"
+        try:
+            value: Any = int(text) if kind == "int" else float(text) if kind == "float" else text
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {key} takes a number",
+                                     param_hint="'--phase-option'") from None
+        options.setdefault(phase, {})[key] = value
+    return options or None
 
 
 def build_report_quietly(out: Path) -> None:

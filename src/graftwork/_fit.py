@@ -26,6 +26,7 @@ from graftwork.features import ENGINES, default_cache_dir
 from graftwork.heads import build_head, head_dropout
 from graftwork.model import bn_layers
 from graftwork.phases import SEQUENCES, PhaseContext, plan
+from graftwork.phases.base import check_phase_options
 from graftwork.training import evaluate, resolve_class_weights, seed_everything
 
 if TYPE_CHECKING:
@@ -45,7 +46,8 @@ def validate_params(params: dict[str, Any]) -> None:
     from graftwork.training import OPTIMIZERS, SCHEDULES
 
     check_params({k: v for k, v in params.items() if k in PARAMS})
-    plan(params["strategy"])  # ConfigError for an unknown strategy
+    phases = plan(params["strategy"])  # ConfigError for an unknown strategy
+    check_phase_options(params.get("phase_options"), [p.name for p in phases])
     Runtime.resolve(params["device"], params["precision"])  # ConfigError for a bad --device
     if params["engine"] not in ENGINES:
         raise ConfigError(f"engine={params['engine']!r} is not one of {sorted(ENGINES)}",
@@ -63,10 +65,10 @@ def validate_params(params: dict[str, Any]) -> None:
         raise ConfigError(f"class_weights={weights!r} must be None, 'auto' or a mapping of "
                           "class name to weight", """pass --class-weights auto or '{"cat": 2}'""")
     unfreeze = params["unfreeze"]
-    if unfreeze != "all" and (not isinstance(unfreeze, int) or isinstance(unfreeze, bool)
-                              or unfreeze < 0):
-        raise ConfigError(f"unfreeze={unfreeze!r} must be a whole number of blocks or 'all'",
-                          "pass e.g. --unfreeze 1, or --unfreeze all")
+    if unfreeze not in ("all", "auto") and (not isinstance(unfreeze, int)
+                                            or isinstance(unfreeze, bool) or unfreeze < 0):
+        raise ConfigError(f"unfreeze={unfreeze!r} must be a whole number of blocks, 'all' or "
+                          "'auto'", "pass e.g. --unfreeze 2, --unfreeze all or --unfreeze auto")
 
 
 def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Path | None,

@@ -41,7 +41,8 @@ class ImageClassifier(ParamsMixin):
     (frozen backbone, head on augmented images), ``finetune`` (warm head, last ``unfreeze``
     blocks trained with a small learning rate), ``ladder`` (all three, each warm-starting the
     next; the best by validation is kept). ``epochs``/``lr``/``optimizer``/``schedule``/
-    ``patience`` left as None take each phase's defaults. Learned attributes end in ``_``.
+    ``patience`` left as None take each phase's defaults; ``phase_options`` sets them for one
+    phase (``{"finetune": {"lr": 1e-4, "epochs": 12}}``). Learned attributes end in ``_``.
 
     Quality options: ``augment_policy`` (classic, mild, trivialwide, none), ``aug_views``
     (``extract``: K augmented views of every training image as extra cached features),
@@ -55,7 +56,8 @@ class ImageClassifier(ParamsMixin):
                  hidden: int = 256, dropout: float | None = None, epochs: int | None = None,
                  batch_size: int = 32, lr: float | None = None, optimizer: str | None = None,
                  schedule: str | None = None, patience: int | None = None,
-                 unfreeze: int | str = 1, lr_decay: float = 0.5, train_bn: bool = False,
+                 phase_options: dict[str, dict[str, Any]] | None = None,
+                 unfreeze: int | str = "auto", lr_decay: float = 0.8, train_bn: bool = False,
                  label_smoothing: float = 0.0,
                  augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
                  augment_policy: str = "mild", aug_views: int = 0, tta: bool = False,
@@ -77,6 +79,7 @@ class ImageClassifier(ParamsMixin):
         self.optimizer = optimizer
         self.schedule = schedule
         self.patience = patience
+        self.phase_options = phase_options
         self.unfreeze = unfreeze
         self.lr_decay = lr_decay
         self.train_bn = train_bn

@@ -19,7 +19,7 @@ import click
 from graftwork import _cli_extract, _cli_tools, cli_deploy
 from graftwork._cli_common import (_friendly, _progress_bars, _setup_logging,
                                    build_report_quietly, device_option, load_run,
-                                   unfreeze_value)
+                                   phase_options_value, unfreeze_value)
 from graftwork.params import click_type
 
 
@@ -103,8 +103,13 @@ def _skip_final_gc() -> None:
 @click.option("--hidden", type=click_type("hidden"), default=256, show_default=True)
 @click.option("--dropout", type=click_type("dropout"), default=None,
               help="Head dropout (default: 0.5 for mlp, none for linear).")
-@click.option("--unfreeze", default="1", show_default=True, help="Last N blocks, or 'all'.")
-@click.option("--lr-decay", type=click_type("lr_decay"), default=0.5, show_default=True,
+@click.option("--unfreeze", default="auto", show_default=True,
+              help="Last N blocks, 'all', or 'auto' (the backbone's default: 4 for "
+              "efficientnet_lite*, see `graft backbones`).")
+@click.option("--phase-option", "phase_option", multiple=True, metavar="PHASE.SETTING=VALUE",
+              help="A setting for one phase only, e.g. finetune.lr=1e-4 (settings: epochs, lr, "
+              "optimizer, schedule, patience, label_smoothing).")
+@click.option("--lr-decay", type=click_type("lr_decay"), default=0.8, show_default=True,
               help="Learning-rate factor per block further from the head.")
 @click.option("--label-smoothing", type=click_type("label_smoothing"), default=0.0,
               show_default=True)
@@ -152,7 +157,7 @@ def _skip_final_gc() -> None:
 def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: bool,
           no_recalibrate: bool, workers: int | None, resume: bool, num_processes: int,
           loggers: tuple[str, ...], report: bool, quiet: bool, verbose: bool,
-          class_weights_text: str | None,
+          class_weights_text: str | None, phase_option: tuple[str, ...],
           **params: Any) -> None:
     """Train a classifier on DATA (DATA/train|val|test/<class>/ or DATA/<class>/)."""
     import contextlib
@@ -172,7 +177,8 @@ def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: boo
     clf = ImageClassifier(**params, unfreeze=unfreeze_value(unfreeze),
                           augment=None if no_augment else AugmentConfig(),
                           recalibrate=not no_recalibrate, num_workers=workers, progress=bars,
-                          class_weights=class_weights_value(class_weights_text))
+                          class_weights=class_weights_value(class_weights_text),
+                          phase_options=phase_options_value(phase_option))
     from graftwork._fit import validate_params
 
     validate_params(clf.get_params(deep=False))  # before touching --out

@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "mak
 log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "adamw", "rmsprop", "nadam", "sgd")
-SCHEDULES = ("none", "cosine", "onecycle")
+SCHEDULES = ("none", "cosine", "warmcosine", "onecycle")
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -151,10 +152,21 @@ def _make_schedule(name: str, opt: torch.optim.Optimizer, epochs: int,
     total = max(1, epochs * steps_per_epoch)
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if name == "warmcosine":  # linear warm-up (one epoch, at most a quarter), then cosine
+        warm = max(1, min(steps_per_epoch, total // 4))
+        return torch.optim.lr_scheduler.LambdaLR(opt, partial(_warm_cosine, warm=warm,
+                                                              total=total))
     if name == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
             opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
     raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+
+
+def _warm_cosine(step: int, warm: int, total: int) -> float:
+    """Learning-rate factor: rises linearly over ``warm`` steps, then follows a cosine to 0."""
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1.0 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
 def _forward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, runtime: Runtime | None
@@ -193,6 +205,13 @@ def _better(a: dict[str, float], b: dict[str, float]) -> bool:
     if a["accuracy"] != b["accuracy"]:
         return a["accuracy"] > b["accuracy"]
     return a["loss"] < b["loss"]
+
+
+def _row_score(row: dict[str, Any]) -> dict[str, float]:
+    """What an epoch is judged by: validation accuracy and loss, else training's."""
+    if row.get("val_accuracy", "") != "":
+        return {"accuracy": row["val_accuracy"], "loss": row["val_loss"]}
+    return {"accuracy": row["accuracy"], "loss": row["loss"]}
 
 
 def _atomic_save(obj: dict[str, Any], path: Path) -> None:
@@ -258,7 +277,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         phase: str = "train", progress: bool = True, checkpoint: Path | None = None,
         resume: bool = False, callbacks: Sequence[Callback] = (),
         fingerprint: dict[str, Any] | None = None, runtime: Runtime | None = None,
-        dist: Any = None) -> FitResult:
+        dist: Any = None, keep_start: bool = False) -> FitResult:
     """Train ``model``; keep the best-validation weights; stop after ``patience`` bad epochs.
 
     ``train_batches(generator)`` yields one epoch of (inputs, labels), shuffled by the seeded
@@ -270,6 +289,9 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
     parallel training as its ``requires_grad`` are now, ``train_batches`` must yield this
     process's share, BN statistics are averaged after each epoch, and only the main process
     writes the checkpoint.
+    With ``keep_start`` (a warm-started model) and validation, the starting weights compete as
+    epoch 0: when no epoch beats them on validation they are what ``fit`` leaves in ``model``
+    (``best_epoch == 0``), so training never ends worse on validation than it started.
     """
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     opt = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
@@ -291,6 +313,14 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         for old in result.history:
             dispatch(callbacks, "on_epoch_end", phase, old)
     t0 = time.perf_counter() - elapsed
+    best_trained: dict[str, float] = {}
+    for old in result.history:  # resumed: patience goes on from the best trained epoch
+        if _better(_row_score(old), best_trained):
+            best_trained = _row_score(old)
+    if keep_start and validate is not None and start_epoch == 1:
+        start = validate()
+        result.best_val = {"accuracy": start["accuracy"], "loss": start["loss"]}
+        result.best_state = copy.deepcopy(model.state_dict())
     trained = model if dist is None else dist.prepare(model)
     if dist is not None:
         steps_per_epoch = -(-steps_per_epoch // dist.world)
@@ -309,10 +339,14 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
                "val_loss": val.get("loss", ""), "val_accuracy": val.get("accuracy", ""),
                "lr": opt.param_groups[-1]["lr"]}
         result.history.append(row)
-        score = val if val else {"accuracy": row["accuracy"], "loss": row["loss"]}
+        score = _row_score(row)
         if _better(score, result.best_val):
-            result.best_val, result.best_epoch, bad_epochs = dict(score), epoch, 0
+            result.best_val, result.best_epoch = dict(score), epoch
             result.best_state = copy.deepcopy(model.state_dict())
+        # patience counts from the best trained epoch, not from the kept start: a warm start's
+        # first epochs often dip below it before they climb past it
+        if _better(score, best_trained):
+            best_trained, bad_epochs = dict(score), 0
         else:
             bad_epochs += 1
         dispatch(callbacks, "on_epoch_end", phase, row)
@@ -326,6 +360,9 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
                           "fingerprint": fingerprint or {}}, checkpoint)
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
+    if keep_start and result.best_epoch == 0 and result.best_val:
+        log.info("%s: no epoch beat the starting weights on validation (accuracy %.4f): "
+                 "kept them", phase, result.best_val.get("accuracy", math.nan))
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -34,9 +34,50 @@ from graftwork.training import FitResult, TrainConfig, fit
 if TYPE_CHECKING:
     from graftwork._session import Session
 
-__all__ = ["Phase", "PhaseDefaults", "PhaseContext", "Batches"]
+__all__ = ["Phase", "PhaseDefaults", "PhaseContext", "Batches", "PHASE_OPTIONS",
+           "phase_params", "check_phase_options"]
 
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+# Settings that ``phase_options`` may give one phase (over the estimator-wide ones)
+PHASE_OPTIONS = ("epochs", "lr", "optimizer", "schedule", "patience", "label_smoothing")
+
+
+def phase_params(params: Mapping[str, Any], phase: str) -> Mapping[str, Any]:
+    """``params`` with ``params["phase_options"][phase]`` laid over them: one phase's view."""
+    own = (params.get("phase_options") or {}).get(phase)
+    return {**params, **own} if own else params
+
+
+def check_phase_options(options: Any, phases: Iterable[str]) -> None:
+    """``ConfigError`` unless ``options`` maps phases the strategy runs to known settings with
+    valid values (the same ranges and choices as the estimator-wide settings)."""
+    from graftwork.errors import ConfigError
+    from graftwork.params import check_param
+    from graftwork.training import OPTIMIZERS, SCHEDULES
+
+    if options is None:
+        return
+    runs = list(phases)
+    fix = "pass e.g. --phase-option finetune.lr=1e-4 (phase.setting=value)"
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"phase_options={options!r} must map phase names to settings", fix)
+    for phase, settings in options.items():
+        if phase not in runs:
+            raise ConfigError(f"phase_options names {phase!r}, which this strategy does not run "
+                              f"(it runs: {', '.join(runs)})", fix)
+        if not isinstance(settings, Mapping):
+            raise ConfigError(f"phase_options[{phase!r}] must map settings to values", fix)
+        for key, value in settings.items():
+            if key not in PHASE_OPTIONS:
+                raise ConfigError(f"phase_options[{phase!r}] has the unknown setting {key!r}",
+                                  f"use one of: {', '.join(PHASE_OPTIONS)}")
+            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(key)
+            if choices is None:
+                check_param(key, value)
+            elif value not in choices:
+                raise ConfigError(f"phase_options[{phase!r}][{key!r}]={value!r} is not one of "
+                                  f"{', '.join(choices)}", f"choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
@@ -106,8 +147,9 @@ class Phase:
             freeze_backbone(ctx.session.model.backbone, 0)
 
     def config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
-        """The phase's settings: the user's where given, else ``defaults``."""
-        p, d = params, self.defaults
+        """The phase's settings: the user's where given (``phase_options`` for this phase
+        first), else ``defaults``."""
+        p, d = phase_params(params, self.name), self.defaults
         return TrainConfig(epochs=p.get("epochs") or d.epochs, lr=p.get("lr") or d.lr,
                            optimizer=p.get("optimizer") or d.optimizer,
                            schedule=p.get("schedule") or d.schedule,
@@ -156,7 +198,8 @@ class Phase:
                      fingerprint={**ctx.fingerprint, "phase": self.name,
                                   "settings": cfg.as_dict()},
                      runtime=ctx.runtime if self.needs_network and plan.runtime else None,
-                     dist=ctx.dist if self.needs_network else None)
+                     dist=ctx.dist if self.needs_network else None,
+                     keep_start=ctx.previous is not None)
         if self.needs_network and ctx.session.network_built:
             ctx.session.model.to("cpu")  # saved, evaluated and exported from the CPU
         return result, cfg, counts

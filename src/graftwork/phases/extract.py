@@ -12,7 +12,7 @@ import torch
 from graftwork.errors import ConfigError
 from graftwork.heads import HEAD_CANDIDATES, HeadChoice, build_head
 from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
-                                   feature_batch_size, sqrt_scaled_lr)
+                                   feature_batch_size, phase_params, sqrt_scaled_lr)
 from graftwork.training import TrainConfig, evaluate, tensor_batches, torch_threads
 
 __all__ = ["Extract", "augmented_views"]
@@ -48,7 +48,8 @@ class Extract(Phase):
         """Larger batches on big data (~n/20, <= 256) with a square-root-scaled Adam rate."""
         cfg = super().config(params, n_train)
         batch = feature_batch_size(cfg.batch_size, n_train)
-        lr = cfg.lr if params.get("lr") else sqrt_scaled_lr(cfg.lr, batch, cfg.batch_size)
+        given = phase_params(params, self.name).get("lr")
+        lr = cfg.lr if given else sqrt_scaled_lr(cfg.lr, batch, cfg.batch_size)
         return TrainConfig(**{**cfg.as_dict(), "batch_size": batch, "lr": lr})
 
     def check(self, ctx: PhaseContext) -> None:

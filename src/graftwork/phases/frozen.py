@@ -24,9 +24,10 @@ def augmented_batches(ctx: PhaseContext):  # type: ignore[no-untyped-def]
     return lambda g, bs: s.image_batches(ctx.splits.train, tf, g, bs)
 
 
-def planned_images(ctx: PhaseContext, defaults: PhaseDefaults) -> int:
+def planned_images(ctx: PhaseContext, phase: Phase) -> int:
     """Images the phase will push through the engine (decides whether an export pays)."""
-    return len(ctx.splits.train) * (ctx.params.get("epochs") or defaults.epochs)
+    n = len(ctx.splits.train)
+    return n * phase.config(ctx.params, n).epochs
 
 
 class Frozen(Phase):
@@ -50,7 +51,7 @@ class Frozen(Phase):
         if engine:
             model.eval()
             runner = bind_backbone(model.backbone, s.preprocessing, s.cache(), s.engine,
-                                   planned_images(ctx, self.defaults))
+                                   planned_images(ctx, self))
             gate = Gate()
             return PhasePlan(OnEngine(runner, model.head, model, gate),
                              pixel_batches(s, ctx.splits.train, ctx.params.get("augment"),

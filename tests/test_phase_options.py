@@ -1,0 +1,86 @@
+"""Per-phase settings (``phase_options`` / ``--phase-option``) and ``unfreeze="auto"``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from graftwork import ConfigError, ImageClassifier
+from graftwork.backbones import get_spec
+from graftwork.cli import main
+from graftwork.phases.extract import Extract
+from graftwork.phases.finetune import Finetune
+from tests.conftest import TINY
+
+
+def test_phase_options_apply_to_their_phase_only() -> None:
+    params = {"epochs": 3, "lr": None, "phase_options": {"finetune": {"lr": 5e-5, "epochs": 7,
+                                                                       "optimizer": "sgd"}}}
+    ft, ex = Finetune().config(params, 100), Extract().config(params, 100)
+    assert (ft.lr, ft.epochs, ft.optimizer) == (5e-5, 7, "sgd")
+    assert ex.epochs == 3 and ex.optimizer == "adam" and ex.lr != 5e-5
+
+
+def test_phase_options_reach_the_trained_phases(tiny_data: Path, cache_dir: str) -> None:
+    clf = ImageClassifier(**TINY, strategy="finetune", epochs=2, cache_dir=cache_dir,
+                          phase_options={"finetune": {"epochs": 1, "schedule": "none"}}
+                          ).fit(tiny_data)
+    assert clf.phase_configs_["extract"].epochs == 2
+    assert clf.phase_configs_["finetune"].epochs == 1
+    assert clf.phase_configs_["finetune"].schedule == "none"
+    assert len([r for r in clf.history_ if r["phase"] == "finetune"]) == 1
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"frozen": {"lr": 0.1}}, "which this strategy does not run"),
+    ({"finetune": {"dropout": 0.1}}, "unknown setting 'dropout'"),
+    ({"finetune": {"lr": -1.0}}, "lr"),
+    ({"finetune": {"epochs": 0}}, "epochs"),
+    ({"finetune": {"optimizer": "lion"}}, "is not one of"),
+    ({"finetune": 3}, "must map settings"),
+    ("finetune.lr=1", "must map phase names"),
+])
+def test_bad_phase_options_fail_before_training(tiny_data: Path, cache_dir: str, options: object,
+                                                message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        ImageClassifier(**TINY, strategy="finetune", cache_dir=cache_dir,
+                        phase_options=options).fit(tiny_data)
+
+
+def test_cli_phase_option(tiny_data: Path, tmp_path: Path) -> None:
+    base = ["train", str(tiny_data), "--backbone", "test_efficientnet", "--weights", "random",
+            "--image-size", "32", "--strategy", "finetune", "--epochs", "2", "-q",
+            "--cache-dir", str(tmp_path / "cache")]
+    res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "ok"), "--phase-option",
+                                    "finetune.epochs=1", "--phase-option", "finetune.lr=1e-4"])
+    assert res.exit_code == 0, res.output
+    clf = ImageClassifier.load(tmp_path / "ok")
+    assert clf.phase_options == {"finetune": {"epochs": 1, "lr": 1e-4}}
+    for bad, text in (("finetune.lr", "PHASE.SETTING=VALUE"), ("finetune.epochs=two",
+                                                               "takes a number"),
+                      ("frozen.lr=0.1", "does not run"), ("finetune.lr=-1", "lr")):
+        res = CliRunner().invoke(main, [*base, "--out", str(tmp_path / "bad"),
+                                        "--phase-option", bad])
+        assert res.exit_code == 2 and text in res.output, (bad, res.output)
+        assert "Traceback" not in res.output
+        assert not (tmp_path / "bad" / "model.safetensors").exists()
+
+
+def test_unfreeze_auto_uses_the_backbones_finetune_blocks(tiny_data: Path,
+                                                           cache_dir: str) -> None:
+    assert get_spec("efficientnet_lite0").finetune_blocks == 4
+    clf = ImageClassifier(**TINY, strategy="finetune", epochs=1, cache_dir=cache_dir)
+    assert clf.unfreeze == "auto"
+    clf.fit(tiny_data)
+    n = get_spec(TINY["backbone"]).finetune_blocks if _registered() else 1
+    assert len(clf.unfrozen_blocks_) == n
+    explicit = ImageClassifier(**TINY, strategy="finetune", epochs=1, unfreeze=2,
+                               cache_dir=cache_dir).fit(tiny_data)
+    assert len(explicit.unfrozen_blocks_) == 2
+
+
+def _registered() -> bool:
+    from graftwork.backbones import is_registered
+
+    return is_registered(TINY["backbone"])
