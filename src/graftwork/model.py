@@ -50,11 +50,21 @@ class GraftModel(nn.Module):
         return [n for n, m in bn_layers(self) if m.training]
 
 
+def resolve_unfreeze(backbone: Backbone, unfreeze: int | str) -> int | str:
+    """``unfreeze`` with ``"auto"`` replaced by the backbone's ``finetune_blocks`` (at most
+    its number of blocks)."""
+    if unfreeze != "auto":
+        return unfreeze
+    return min(backbone.spec.finetune_blocks, len(backbone.block_param_names()))
+
+
 def freeze_backbone(backbone: Backbone, unfreeze: int | str = 0) -> list[str]:
-    """Freeze the backbone except its last ``unfreeze`` blocks (``"all"``: everything trains).
+    """Freeze the backbone except its last ``unfreeze`` blocks (``"all"``: everything trains;
+    ``"auto"``: the backbone's ``finetune_blocks``).
 
     Returns the names of the unfrozen blocks.
     """
+    unfreeze = resolve_unfreeze(backbone, unfreeze)
     blocks = backbone.block_param_names()
     if unfreeze == "all":
         n = len(blocks)

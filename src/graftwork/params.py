@@ -119,7 +119,7 @@ PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
     _spec("dropout", "float", 0, 1, 0.5, "Head dropout (default: 0.5 for mlp, none for linear).",
           none=True, hi_open=True),
     _spec("patience", "int", 1, 10000, 5, "Early-stopping patience (epochs).", none=True),
-    _spec("lr_decay", "float", 0, 1, 0.5, "Learning-rate factor per block further from the head.",
+    _spec("lr_decay", "float", 0, 1, 0.8, "Learning-rate factor per block further from the head.",
           lo_open=True),
     _spec("image_size", "int", 16, 2048, 224, "Input size in pixels (default: the backbone's).",
           none=True),

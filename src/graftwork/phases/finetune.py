@@ -14,7 +14,7 @@ from torch import nn
 from graftwork.data import eval_transform
 from graftwork.errors import ConfigError
 from graftwork.features.pipeline import Gate
-from graftwork.model import freeze_backbone
+from graftwork.model import freeze_backbone, resolve_unfreeze
 from graftwork.phases._engine import (OnEngine, bind_prefix, identity_runner, pixel_batches,
                                       split_or_none, uses_engine)
 from graftwork.phases.base import Phase, PhaseContext, PhaseDefaults, PhasePlan
@@ -29,13 +29,20 @@ _VAL_MAPS_MAX_BYTES = 512 * 2**20  # precomputed validation maps kept in memory 
 class Finetune(Phase):
     name = "finetune"
     description = "the head and the last --unfreeze blocks, small learning rate"
-    defaults = PhaseDefaults(epochs=6, lr=1e-4, optimizer="rmsprop", schedule="cosine",
+    # Adam with a one-epoch warm-up (bench/quality.md): torch's RMSprop starts its square
+    # average at 0, so its first steps are ~10x the rate, which wrecked unfrozen blocks
+    defaults = PhaseDefaults(epochs=8, lr=2e-4, optimizer="adam", schedule="warmcosine",
                              patience=4)
     warmup = ("extract",)
     changes_backbone = True
 
+    @staticmethod
+    def unfreeze(ctx: PhaseContext) -> int | str:
+        """The ``unfreeze`` parameter, ``"auto"`` resolved for this backbone."""
+        return resolve_unfreeze(ctx.session.model.backbone, ctx.params.get("unfreeze", "auto"))
+
     def check(self, ctx: PhaseContext) -> None:
-        unfreeze = ctx.params.get("unfreeze", 1)
+        unfreeze = self.unfreeze(ctx)
         if unfreeze == "all":
             return
         backbone = ctx.session.model.backbone
@@ -43,11 +50,11 @@ class Finetune(Phase):
         if not isinstance(unfreeze, int) or isinstance(unfreeze, bool) or not 0 <= unfreeze <= n:
             name = ctx.params.get("backbone")
             raise ConfigError(f"unfreeze={unfreeze!r} does not fit {name}, which has {n} blocks",
-                              f"choose 0..{n} or 'all' (see `graft summary {name}`)")
+                              f"choose 0..{n}, 'all' or 'auto' (see `graft summary {name}`)")
 
     def trainable(self, ctx: PhaseContext) -> None:
         ctx.session.unfrozen_blocks = freeze_backbone(ctx.session.model.backbone,
-                                                      ctx.params.get("unfreeze", 1))
+                                                      self.unfreeze(ctx))
 
     def param_groups(self, ctx: PhaseContext, cfg: TrainConfig) -> list[dict[str, Any]]:
         """The head at ``lr``, then each trainable block at ``lr * lr_decay**depth``."""
@@ -56,7 +63,7 @@ class Finetune(Phase):
         by_name = dict(model.backbone.named_parameters())
         trainable = [(b, n) for b, n in model.backbone.block_param_names()
                      if any(by_name[p].requires_grad for p in n)]
-        decay = ctx.params.get("lr_decay", 0.5)
+        decay = ctx.params.get("lr_decay", 0.8)
         for depth, (_, names) in enumerate(reversed(trainable)):
             params = [by_name[p] for p in names if by_name[p].requires_grad]
             if params:
@@ -67,7 +74,7 @@ class Finetune(Phase):
         s = ctx.session
         model = s.model
         n = len(ctx.splits.train)
-        parts = split_or_none(model.backbone, ctx.params.get("unfreeze", 1)) \
+        parts = split_or_none(model.backbone, self.unfreeze(ctx)) \
             if uses_engine(ctx) else None
         if parts is None:
             validate = None
@@ -81,7 +88,7 @@ class Finetune(Phase):
             return PhasePlan(model, augmented_batches(ctx), validate, n)
         prefix, suffix = parts
         runner = bind_prefix(prefix, model, s.preprocessing, s.cache(), s.engine,
-                             planned_images(ctx, self.defaults))
+                             planned_images(ctx, self))
         tail = nn.Sequential(suffix, model.head)
         gate = Gate()
         return PhasePlan(OnEngine(runner, tail, model, gate),
