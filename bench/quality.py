@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import quality_data as qd
-from quality_report import BASELINE, dataset_table, rows_of, summary_table
+from quality_report import BASELINE, dataset_table, rows_of, summary_table, targets_table
 
 BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / "data" / "quality-cache"
@@ -38,6 +38,11 @@ BACKBONE = "efficientnet_lite0"
 
 # One line per configuration. "ladder" gives the three rungs and its pick in one fit; the
 # paired comparisons are against "extract" (the default strategy, default options).
+# The finetune recipe graftwork used before this table (RMSprop 1e-4 with a cosine schedule,
+# 6 epochs, only the last block, rates halving per block): kept as a row to compare against.
+PREVIOUS_FINETUNE = {"unfreeze": 1, "lr_decay": 0.5, "phase_options": {"finetune": {
+    "optimizer": "rmsprop", "lr": 1e-4, "schedule": "cosine", "epochs": 6}}}
+
 CONFIGS: list[dict[str, Any]] = [
     {"name": "extract", "strategy": "extract", "options": {}},
     {"name": "ladder", "strategy": "ladder", "options": {}},
@@ -49,21 +54,25 @@ CONFIGS: list[dict[str, Any]] = [
      "options": {"class_weights": "auto"}},
     {"name": "extract, calibrate", "strategy": "extract", "options": {"calibrate": True}},
     {"name": "finetune", "strategy": "finetune", "options": {}},
-    {"name": "finetune, unfreeze=2", "strategy": "finetune", "options": {"unfreeze": 2}},
-    {"name": "finetune, label_smoothing=0.1", "strategy": "finetune",
-     "options": {"label_smoothing": 0.1}},
-    {"name": "finetune, augment_policy=classic", "strategy": "finetune",
-     "options": {"augment_policy": "classic"}},
-    {"name": "finetune, augment_policy=mild", "strategy": "finetune",
-     "options": {"augment_policy": "mild"}},
-    {"name": "finetune, augment_policy=trivialwide", "strategy": "finetune",
-     "options": {"augment_policy": "trivialwide"}},
+    {"name": "finetune, previous recipe", "strategy": "finetune", "options": PREVIOUS_FINETUNE},
+    {"name": "finetune, optimizer=rmsprop", "strategy": "finetune",
+     "options": {"phase_options": {"finetune": {"optimizer": "rmsprop", "lr": 1e-4}}}},
+    {"name": "finetune, unfreeze=all", "strategy": "finetune", "options": {"unfreeze": "all"}},
+    {"name": "finetune, lr_decay=0.5", "strategy": "finetune", "options": {"lr_decay": 0.5}},
 ]
+VARIANTS = {"finetune, optimizer=rmsprop", "finetune, unfreeze=all", "finetune, lr_decay=0.5"}
 
-# Network input size per dataset (the same for all its configs): the sources are 25-28 px, so
-# 224 would only upscale them further, at 12x the cost of 64 (chosen to fit the time budget).
-IMAGE_SIZE = {"fmnist-2000": 64, "fmnist-400": 64, "fmnist-small": 64, "mnist-1000": 64,
+# Network input size per dataset (the same for all its configs). The sources are 25-28 px;
+# fmnist-2000 runs at 224 px, the backbone's own size, as in the issue's 86.3% baseline; the
+# others at 64-96 px to fit the time budget.
+IMAGE_SIZE = {"fmnist-2000": 224, "fmnist-400": 64, "fmnist-small": 64, "mnist-1000": 64,
               "lfw-faces": 96}
+# Configs a dataset skips to keep `make quality` within 30 minutes: the variants of the
+# fine-tuning recipe run on fmnist-400 and mnist-1000 (garments and digits, both with room to
+# improve); fmnist-2000 at 224 px runs the ladder (its finetune rung is the default recipe)
+# and the previous recipe.
+BUDGET_SKIP = {"fmnist-2000": {"finetune", *VARIANTS, "extract, aug_views=4"},
+               "fmnist-small": VARIANTS, "lfw-faces": VARIANTS}
 QUICK_IMAGE_SIZE = 64
 QUICK_OPTIONS = {"epochs": 1}  # every phase of every fit, QUICK only
 
@@ -117,6 +126,16 @@ def run_fit(folder: Path, cfg: dict[str, Any], seed: int, image_size: int,
             "epochs": {k: c.epochs for k, c in getattr(clf, "phase_configs_", {}).items()}}
 
 
+def phase_defaults() -> str:
+    """Each phase's default epochs, optimizer, rate and schedule, as the installed graftwork has
+    them."""
+    from graftwork.phases import PHASES
+
+    return "; ".join(f"{n} {c.defaults.epochs} epochs, {c.defaults.optimizer} "
+                     f"{c.defaults.lr:g}, schedule {c.defaults.schedule}"
+                     for n, c in PHASES.items())
+
+
 def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
     from extract import machine
 
@@ -144,8 +163,8 @@ def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
              f"Seeds {args.seed_list} (they vary the training: head init, shuffling, augmentation;"
              " the data splits are fixed). Epochs: "
              + ("1 for every phase (QUICK)." if args.quick else
-                "graftwork's defaults for every phase (extract 40, frozen 8, finetune 6, with "
-                "early stopping; see `epochs_used` in quality.json)."),
+                f"graftwork's defaults for every phase ({phase_defaults()}; with early "
+                "stopping, see `epochs` in quality.json)."),
              "",
              "| dataset | train / val / test images | classes | image size | source |",
              "|---|---|---|---|---|"]
@@ -155,6 +174,11 @@ def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
         size = QUICK_IMAGE_SIZE if args.quick else IMAGE_SIZE[ds]
         lines.append(f"| {ds} | {tr} / {va} / {te} ({'/'.join(map(str, sizes[ds]))} per class) "
                      f"| {ncls} | {size} px | {qd.DESCRIPTION[ds]} |")
+    skips = {ds: sorted(BUDGET_SKIP[ds]) for ds in args.dataset_list if ds in BUDGET_SKIP}
+    if skips and not args.quick:
+        lines += ["", "To stay within 30 minutes some datasets skip some configs (rows marked "
+                  "\"skipped (time budget)\"): " + "; ".join(
+                      f"{ds}: {', '.join(names)}" for ds, names in skips.items()) + "."]
     if set(args.image_datasets) != set(args.dataset_list):
         lines += ["", "**Reduced run**: the configs that train on images (ladder, finetune) ran "
                   f"only on {', '.join(args.image_datasets)} (`--image-datasets`); on the other "
@@ -190,6 +214,11 @@ def write(args: argparse.Namespace, fits: list[dict[str, Any]], info: dict[str, 
     for ds, rows in all_rows.items():
         md += ["", f"## {ds}", "", *dataset_table(rows)]
     if all_rows:
+        md += ["", "## Targets", "",
+               "The issue's targets on the ladder's rungs (mean test accuracy over seeds, %). "
+               "Each rung warm-starts from the best rung so far and keeps its starting weights "
+               "when no epoch beats them on validation (the log says so), so a rung that does "
+               "not pay for the data costs time, not accuracy.", "", *targets_table(all_rows)]
         md += ["", "## Summary across datasets", "",
                "Test accuracy % (mean over seeds) and, in brackets, the mean paired Δ vs "
                "`extract` in percentage points.", "", *summary_table(all_rows)]
@@ -322,6 +351,9 @@ def main(argv: list[str]) -> int:
                             and not missing_options(cfg["options"])):
                         res = {"config": cfg["name"], "strategy": cfg["strategy"], "seed": seed,
                                "status": "skipped (--image-datasets)"}
+                    elif cfg["name"] in BUDGET_SKIP.get(ds, ()) and not args.quick:
+                        res = {"config": cfg["name"], "strategy": cfg["strategy"], "seed": seed,
+                               "status": "skipped (time budget)"}
                     else:
                         res = run_fit(folders[ds], cfg, seed, info["image_size"][ds], extra)
                     fits.append({"dataset": ds, **res})

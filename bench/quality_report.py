@@ -130,3 +130,35 @@ def summary_table(all_rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         out.append(f"| {name} | " + " | ".join(cells) + f" | {md} | "
                    + (f"{w}/{l}/{t}" if deltas else "") + " |")
     return out
+
+
+def _mean_test(row: dict[str, Any] | None) -> float | None:
+    tests = [p["test"] for p in (row or {}).get("seeds", {}).values() if p["test"] is not None]
+    return statistics.fmean(tests) * 100 if tests else None
+
+
+def targets_table(all_rows: dict[str, dict[str, dict[str, Any]]],
+                  fmnist_goal: tuple[str, float] = ("fmnist-2000", 88.0)) -> list[str]:
+    """The issue's targets, checked on the ladder's rungs (mean test accuracy over seeds):
+    frozen ≥ extract, finetune ≥ frozen, best rung ≥ extract + 2 points where extract is below
+    97%, and the Fashion-MNIST-2000 goal."""
+    out = ["| dataset | extract rung | frozen rung | finetune rung | frozen ≥ extract | "
+           "finetune ≥ frozen | best rung − extract (≥ +2 where extract < 97%) |",
+           "|---|---|---|---|---|---|---|"]
+    goal_line = ""
+    for ds, rows in all_rows.items():
+        rung = [_mean_test(rows.get(PHASE_LABEL[p])) for p in ("extract", "frozen", "finetune")]
+        if any(r is None for r in rung):
+            continue
+        ex, fr, ft = rung  # type: ignore[misc]
+        best = max(rung)  # type: ignore[type-var]
+        gain = best - ex
+        room = ex < 97.0
+        gain_text = f"{gain:+.1f} " + (("met" if gain >= 2.0 else "not met") if room
+                                       else "(no room: extract ≥ 97%)")
+        out.append(f"| {ds} | {ex:.1f} | {fr:.1f} | {ft:.1f} | {'yes' if fr >= ex else 'no'} | "
+                   f"{'yes' if ft >= fr else 'no'} | {gain_text} |")
+        if ds == fmnist_goal[0]:
+            goal_line = (f"{ds}: best rung {best:.1f}% test (goal ≥ {fmnist_goal[1]:.0f}%: "
+                         f"{'met' if best >= fmnist_goal[1] else 'not met'}).")
+    return out + ([ "", goal_line] if goal_line else [])

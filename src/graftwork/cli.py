@@ -226,8 +226,13 @@ def final_summary(clf: Any, out: Path) -> str:
     if len(m.get("phases", [])) > 1:
         from graftwork.report import format_table
 
-        lines.append(format_table(m["phases"], ["phase", "best_val_accuracy", "test_accuracy",
-                                                "wall_time_s", "trainable_params"]))
+        lines.append(format_table(m["phases"], ["phase", "warm_start", "best_val_accuracy",
+                                                "best_epoch", "test_accuracy", "wall_time_s",
+                                                "trainable_params"]))
+        kept = [p["phase"] for p in m["phases"][1:] if p.get("best_epoch") == 0]
+        if kept:
+            lines.append(f"{', '.join(kept)}: no epoch beat the starting weights on validation "
+                         "(best_epoch 0); kept them")
     val, test = m.get("val", {}), m.get("test", {})
     if val:
         lines.append(f"val accuracy  {val['accuracy']:.4f}  loss {val['loss']:.4f}")

@@ -168,7 +168,8 @@ def _ladder_section(run: Run) -> str:
     table = _table([_e(pretty(c)) for c in columns], rows, numeric,
                    ["best" if i == best else "" for i in range(len(phases))])
     note = ('<p class="muted">One row per training phase; the best validation accuracy is '
-            "highlighted.</p>")
+            "highlighted. A phase that starts from trained weights (warm start) keeps them when "
+            "no epoch beats them on validation: its best epoch is then 0.</p>")
     is_ladder = run.config.get("strategy") == "ladder" or len(phases) > 1
     return _section("ladder", "Strategy ladder" if is_ladder else "Phases", note + table)
 
