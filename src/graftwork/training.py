@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from graftwork.callbacks import Callback, dispatch
 from graftwork.devices import Runtime
-from graftwork.rundir import atomic_file
+from graftwork._checkpoint import load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
            "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads",
@@ -214,63 +214,6 @@ def _row_score(row: dict[str, Any]) -> dict[str, float]:
     return {"accuracy": row["accuracy"], "loss": row["loss"]}
 
 
-def _atomic_save(obj: dict[str, Any], path: Path) -> None:
-    with atomic_file(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def _load_checkpoint(path: Path, model: nn.Module,
-                     fingerprint: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A checkpoint saved by ``fit`` (no pickled code runs); ``ModelFileError`` if unusable,
-    ``ResumeMismatchError`` if it was written for other data or settings."""
-    from graftwork.errors import ModelFileError, ResumeMismatchError
-
-    fix = f"delete {str(path)!r} (or run without --resume) to start this phase afresh"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        _check_fingerprint(path, state.get("fingerprint") or {}, fingerprint or {})
-        wanted = model.state_dict()
-        if set(state["model"]) != set(wanted) or any(
-                state["model"][k].shape != v.shape for k, v in wanted.items()):
-            raise ModelFileError(f"checkpoint {str(path)!r} was saved by a different model",
-                                 "resume with the options of the interrupted run, or " + fix)
-        for key in ("optimizer", "rng", "history", "best_state", "best_epoch", "best_val",
-                    "epoch", "bad_epochs", "elapsed"):
-            state[key]  # noqa: B018  (KeyError if missing)
-    except (ModelFileError, ResumeMismatchError):
-        raise
-    except Exception as exc:  # truncated, tampered, or not a checkpoint at all
-        raise ModelFileError(f"checkpoint {str(path)!r} is corrupt: "
-                             f"{(str(exc).splitlines() or [type(exc).__name__])[0][:200]}",
-                             fix) from exc
-    return state
-
-
-def _check_fingerprint(path: Path, saved: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """Refuse to resume from a checkpoint trained on other data or with other settings."""
-    from graftwork.errors import ResumeMismatchError
-
-    if not wanted:
-        return
-    if not saved:
-        raise ResumeMismatchError(f"checkpoint {str(path)!r} does not say what it was trained on "
-                                  "(written by an older graftwork)",
-                                  "run without --resume (or with --overwrite) to start afresh")
-    differ = [k for k in sorted(set(saved) | set(wanted)) if saved.get(k) != wanted.get(k)]
-    if differ:
-        detail = "; ".join(f"{k}: {_short(saved.get(k))} then, {_short(wanted.get(k))} now"
-                           for k in differ[:4])
-        raise ResumeMismatchError(f"cannot resume: the checkpoint in {str(path.parent)!r} was "
-                                  f"trained on something else ({detail})",
-                                  "resume with the same data and options, or pass --overwrite "
-                                  "to train afresh into this --out")
-
-
-def _short(value: Any) -> str:
-    text = str(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         validate: Callable[[], dict[str, float]] | None, cfg: TrainConfig, *,
         param_groups: list[dict[str, Any]] | None = None, steps_per_epoch: int = 1,
@@ -300,7 +243,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
     start_epoch, bad_epochs, elapsed = 1, 0, 0.0
     torch.manual_seed(cfg.seed)
     if resume and checkpoint is not None and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, model, fingerprint)
+        state = load_checkpoint(checkpoint, model, fingerprint)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         if sched is not None and state.get("scheduler"):
@@ -351,7 +294,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
             bad_epochs += 1
         dispatch(callbacks, "on_epoch_end", phase, row)
         if checkpoint is not None and (dist is None or dist.is_main):
-            _atomic_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+            save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
                           "scheduler": sched.state_dict() if sched is not None else {},
                           "rng": torch.get_rng_state(), "history": result.history,
                           "best_state": result.best_state, "best_epoch": result.best_epoch,
