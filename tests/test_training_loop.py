@@ -110,3 +110,13 @@ def test_patience_counts_from_the_best_trained_epoch_not_the_kept_start() -> Non
     # epoch 1 is the best trained epoch (though worse than the start), epoch 2 is worse
     # than epoch 1: one bad epoch, so training stops there, and keeps the start
     assert len(result.history) == 2 and result.stopped_early and result.best_epoch == 0
+
+
+def test_cli_offers_every_schedule_and_optimizer() -> None:
+    from click.testing import CliRunner
+
+    from graftwork.cli import main
+    from graftwork.training import OPTIMIZERS, SCHEDULES
+
+    text = CliRunner().invoke(main, ["train", "--help"]).output
+    assert "warmcosine" in SCHEDULES and all(name in text for name in (*SCHEDULES, *OPTIMIZERS))

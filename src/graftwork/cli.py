@@ -20,7 +20,7 @@ from graftwork import _cli_extract, _cli_tools, cli_deploy
 from graftwork._cli_common import (_friendly, _progress_bars, _setup_logging,
                                    build_report_quietly, device_option, load_run,
                                    phase_options_value, unfreeze_value)
-from graftwork.params import click_type
+from graftwork.params import OPTIMIZERS, SCHEDULES, click_type
 
 
 
@@ -92,9 +92,10 @@ def _skip_final_gc() -> None:
 @click.option("--batch-size", type=click_type("batch_size"), default=32, show_default=True)
 @click.option("--lr", type=click_type("lr"), default=None,
               help="Learning rate (default per phase).")
-@click.option("--optimizer", type=click.Choice(["adam", "adamw", "rmsprop", "nadam", "sgd"]),
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
               default=None)
-@click.option("--schedule", type=click.Choice(["none", "cosine", "onecycle"]), default=None)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
+              help="Default per phase; warmcosine: a one-epoch linear warm-up, then cosine.")
 @click.option("--patience", type=click_type("patience"), default=None,
               help="Early-stopping patience (epochs).")
 @click.option("--head", type=click.Choice(["mlp", "linear", "auto"]), default="mlp",

@@ -16,7 +16,8 @@ from typing import Any
 
 from graftwork.errors import ConfigError
 
-__all__ = ["ParamSpec", "PARAMS", "check_param", "check_params", "click_type"]
+__all__ = ["ParamSpec", "PARAMS", "OPTIMIZERS", "SCHEDULES", "check_param", "check_params",
+           "click_type"]
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,9 @@ def _spec(name: str, kind: str, lo: float | None, hi: float | None, example: Any
     return ParamSpec(name, kind, lo, hi, lo_open, hi_open, (), none,
                      flag or "--" + name.replace("_", "-"), help, example)
 
+
+OPTIMIZERS = ("adam", "adamw", "rmsprop", "nadam", "sgd")
+SCHEDULES = ("none", "cosine", "warmcosine", "onecycle")  # warmcosine: 1-epoch warm-up, cosine
 
 PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
     _spec("epochs", "int", 1, 10000, 10, "Epochs per phase (default per phase).", none=True),

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from graftwork.callbacks import Callback, dispatch
 from graftwork.devices import Runtime
 from graftwork._checkpoint import load_checkpoint, save_checkpoint
+from graftwork.params import OPTIMIZERS, SCHEDULES
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
            "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads",
@@ -26,8 +27,6 @@ __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "mak
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("adam", "adamw", "rmsprop", "nadam", "sgd")
-SCHEDULES = ("none", "cosine", "warmcosine", "onecycle")
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
