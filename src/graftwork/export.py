@@ -2,8 +2,10 @@
 
 The exported graph takes uint8 RGB pixels ``[N, H, W, 3]`` (the caller resizes the short side
 to ``round(image_size / crop_pct)`` and centre-crops to ``image_size``, as ``preprocess.json``
-says) and returns ``logits`` and ``probs`` (softmax); normalisation runs inside the graph and
-the batch axis is dynamic. ``labels.txt`` and ``preprocess.json`` are written beside it.
+says) and returns ``logits`` and ``probs`` (softmax); normalisation runs inside the graph, and
+so do the run's test-time augmentation (mirror image) and calibration temperature, as
+``predict`` applies them; the batch axis is dynamic. ``labels.txt`` and ``preprocess.json``
+are written beside it.
 
     res = export_model("runs/a", "onnx")      # runs/a/export/model.onnx
     print(res.max_abs_logit_diff, res.agreement)
@@ -22,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from graftwork.calibration import tta_logits
 from graftwork.classifier import ImageClassifier
 from graftwork.data import load_image
 from graftwork.errors import BadImageError, ConfigError, GraftError
@@ -65,16 +68,33 @@ class ExportResult:
 
 class PixelModel(FromPixels):
     """uint8 RGB ``[N, H, W, 3]`` -> (logits, probs): the engines' ``FromPixels`` (normalisation
-    + backbone + head) with the softmax added."""
+    + backbone + head) with what ``predict`` adds: with ``tta`` the mirror image's logits joined
+    by :func:`graftwork.calibration.tta_logits`, then division by ``temperature``; and softmax."""
+
+    def __init__(self, module: torch.nn.Module, pre: dict[str, Any], *, tta: bool = False,
+                 temperature: float = 1.0) -> None:
+        super().__init__(module, pre)
+        self.tta = bool(tta)
+        self.temperature = float(temperature)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
         logits = super().forward(x).float()
+        if self.tta:  # NHWC: axis 2 is the width
+            logits = tta_logits(logits, super().forward(x.flip(2)).float())
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
         return logits, logits.softmax(dim=1)
 
 
+def postprocess(clf: ImageClassifier) -> dict[str, Any]:
+    """What ``predict`` does after the network (the run's ``tta`` and ``temperature``)."""
+    session = clf._session()
+    return {"tta": bool(session.tta), "temperature": float(getattr(session, "temperature", 1.0))}
+
+
 def pixel_model(clf: ImageClassifier) -> PixelModel:
-    """The classifier's model on uint8 pixels, in eval mode."""
-    return PixelModel(clf.model_, clf.preprocessing_).eval()
+    """The classifier's model on uint8 pixels (with its TTA and temperature), in eval mode."""
+    return PixelModel(clf.model_, clf.preprocessing_, **postprocess(clf)).eval()
 
 
 def load_pixels(source: str | Path | bytes, pre: dict[str, Any]) -> np.ndarray:
@@ -102,6 +122,8 @@ def preprocess_spec(clf: ImageClassifier) -> dict[str, Any]:
                   "layout": "NHWC", "channels": "RGB"},
         "outputs": list(OUTPUT_NAMES),
         "classes": list(clf.classes_),
+        # baked into the graph, as predict applies them: probs = softmax(logits) as predict_proba
+        "postprocess": {**postprocess(clf), "baked_in": True},
     }
 
 
@@ -116,6 +138,9 @@ def _metadata(run: Path, clf: ImageClassifier, spec: dict[str, Any]) -> dict[str
                                                    "interpolation", "crop")}),
         "mean": json.dumps(spec["mean"]),
         "std": json.dumps(spec["std"]),
+        "tta": json.dumps(spec["postprocess"]["tta"]),
+        "temperature": str(spec["postprocess"]["temperature"]),
+        "postprocess": json.dumps(spec["postprocess"]),
         "input": json.dumps(spec["input"]),
         "backbone": str(getattr(clf, "backbone", "")),
         "strategy": str(getattr(clf, "strategy", "")),

@@ -83,6 +83,7 @@ class Engine:
         return {"run": self.run_dir.name, "backbone": str(getattr(self.clf, "backbone", "")),
                 "strategy": str(getattr(self.clf, "strategy", "")),
                 "image_size": int(self.pre["image_size"]),
+                "tta": self.model.tta, "temperature": self.model.temperature,
                 "batches": self.batcher.batches, "images": self.batcher.images}
 
 
