@@ -116,7 +116,7 @@ def summary_table(all_rows: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 cells.append(row["status"][0].split(" (")[0].split(":")[0]
                              if row and row["status"] else "")
                 continue
-            test = statistics.fmean(p["test"] for p in row["seeds"].values()) * 100
+            test = _mean_test(row)
             cmp = paired(row, all_rows[ds].get(BASELINE))
             if name != BASELINE and cmp["diffs"]:
                 d = statistics.fmean(cmp["diffs"]) * 100

@@ -42,8 +42,7 @@ def validate_params(params: dict[str, Any]) -> None:
     """Every parameter checked before any work: ranges (``graftwork.params``) and choices."""
     from graftwork.data import AUGMENT_POLICIES
     from graftwork.heads import HEADS
-    from graftwork.params import PARAMS, check_params
-    from graftwork.training import OPTIMIZERS, SCHEDULES
+    from graftwork.params import OPTIMIZERS, PARAMS, SCHEDULES, check_choice, check_params
 
     check_params({k: v for k, v in params.items() if k in PARAMS})
     phases = plan(params["strategy"])  # ConfigError for an unknown strategy
@@ -57,9 +56,7 @@ def validate_params(params: dict[str, Any]) -> None:
                                  ("schedule", params["schedule"], (None, *SCHEDULES)),
                                  ("augment_policy", params.get("augment_policy", "classic"),
                                   AUGMENT_POLICIES)):
-        if value not in allowed:
-            raise ConfigError(f"{name}={value!r} is not one of {[a for a in allowed if a]}",
-                              f"choose one of those for --{name.replace('_', '-')}")
+        check_choice(name, value, allowed, f"choose one of those for --{name.replace('_', '-')}")
     weights = params.get("class_weights")
     if not (weights is None or weights == "auto" or isinstance(weights, dict)):
         raise ConfigError(f"class_weights={weights!r} must be None, 'auto' or a mapping of "

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from graftwork.errors import ConfigError
 
 __all__ = ["ParamSpec", "PARAMS", "OPTIMIZERS", "SCHEDULES", "check_param", "check_params",
-           "click_type"]
+           "check_choice", "click_type"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,12 @@ def check_param(name: str, value: Any) -> None:
     """Raise ``ConfigError`` (naming the CLI flag and the range) unless ``value`` fits
     ``PARAMS[name]``; an unknown ``name`` is a ``KeyError`` (a programming error)."""
     PARAMS[name].check(value)
+
+
+def check_choice(label: str, value: Any, allowed: Sequence[Any], fix: str) -> None:
+    """Raise ``ConfigError`` unless ``value`` is one of ``allowed`` (None in it: may be unset)."""
+    if value not in allowed:
+        raise ConfigError(f"{label}={value!r} is not one of {[a for a in allowed if a]}", fix)
 
 
 def check_params(params: Mapping[str, Any]) -> None:

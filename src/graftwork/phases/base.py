@@ -53,8 +53,7 @@ def check_phase_options(options: Any, phases: Iterable[str]) -> None:
     """``ConfigError`` unless ``options`` maps phases the strategy runs to known settings with
     valid values (the same ranges and choices as the estimator-wide settings)."""
     from graftwork.errors import ConfigError
-    from graftwork.params import check_param
-    from graftwork.training import OPTIMIZERS, SCHEDULES
+    from graftwork.params import OPTIMIZERS, SCHEDULES, check_choice, check_param
 
     if options is None:
         return
@@ -75,9 +74,9 @@ def check_phase_options(options: Any, phases: Iterable[str]) -> None:
             choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(key)
             if choices is None:
                 check_param(key, value)
-            elif value not in choices:
-                raise ConfigError(f"phase_options[{phase!r}][{key!r}]={value!r} is not one of "
-                                  f"{', '.join(choices)}", f"choose one of {', '.join(choices)}")
+            else:
+                check_choice(f"phase_options[{phase!r}][{key!r}]", value, choices,
+                             f"choose one of {', '.join(choices)}")
 
 
 @dataclass(frozen=True)
