@@ -294,12 +294,12 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         dispatch(callbacks, "on_epoch_end", phase, row)
         if checkpoint is not None and (dist is None or dist.is_main):
             save_checkpoint({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict() if sched is not None else {},
-                          "rng": torch.get_rng_state(), "history": result.history,
-                          "best_state": result.best_state, "best_epoch": result.best_epoch,
-                          "best_val": result.best_val, "epoch": epoch, "bad_epochs": bad_epochs,
-                          "elapsed": time.perf_counter() - t0,
-                          "fingerprint": fingerprint or {}}, checkpoint)
+                             "scheduler": sched.state_dict() if sched is not None else {},
+                             "rng": torch.get_rng_state(), "history": result.history,
+                             "best_state": result.best_state, "best_epoch": result.best_epoch,
+                             "best_val": result.best_val, "epoch": epoch, "bad_epochs": bad_epochs,
+                             "elapsed": time.perf_counter() - t0,
+                             "fingerprint": fingerprint or {}}, checkpoint)
     if result.best_state is not None:
         model.load_state_dict(result.best_state)
     if keep_start and result.best_epoch == 0 and result.best_val:
