@@ -109,7 +109,7 @@ def _skip_final_gc() -> None:
               "efficientnet_lite*, see `graft backbones`).")
 @click.option("--phase-option", "phase_option", multiple=True, metavar="PHASE.SETTING=VALUE",
               help="A setting for one phase only, e.g. finetune.lr=1e-4 (settings: epochs, lr, "
-              "optimizer, schedule, patience, label_smoothing).")
+              "optimizer, schedule, patience, label_smoothing, weight_decay).")
 @click.option("--lr-decay", type=click_type("lr_decay"), default=0.8, show_default=True,
               help="Learning-rate factor per block further from the head.")
 @click.option("--label-smoothing", type=click_type("label_smoothing"), default=0.0,

@@ -40,7 +40,8 @@ __all__ = ["Phase", "PhaseDefaults", "PhaseContext", "Batches", "PHASE_OPTIONS",
 Batches = Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 # Settings that ``phase_options`` may give one phase (over the estimator-wide ones)
-PHASE_OPTIONS = ("epochs", "lr", "optimizer", "schedule", "patience", "label_smoothing")
+PHASE_OPTIONS = ("epochs", "lr", "optimizer", "schedule", "patience", "label_smoothing",
+                 "weight_decay")
 
 
 def phase_params(params: Mapping[str, Any], phase: str) -> Mapping[str, Any]:
@@ -154,7 +155,8 @@ class Phase:
                            schedule=p.get("schedule") or d.schedule,
                            patience=p.get("patience") or d.patience, seed=p.get("seed", 0),
                            batch_size=p.get("batch_size", 32),
-                           label_smoothing=p.get("label_smoothing") or 0.0)
+                           label_smoothing=p.get("label_smoothing") or 0.0,
+                           weight_decay=p.get("weight_decay") or 0.0)
 
     def param_groups(self, ctx: PhaseContext, cfg: TrainConfig) -> list[dict[str, Any]] | None:
         """Optimizer parameter groups (None: every trainable parameter at ``cfg.lr``)."""
