@@ -34,6 +34,24 @@ def test_get_params_is_the_signature_and_clone_works() -> None:
     assert repr(clf).startswith("ImageClassifier(") and "epochs=3" in repr(clf)
 
 
+def test_graft_train_defaults_are_the_estimators() -> None:
+    """Every ``graft train`` option named like an ``ImageClassifier`` parameter has the
+    estimator's default: the CLI and the Python API train the same model when nothing is set."""
+    import inspect
+
+    signature = inspect.signature(ImageClassifier).parameters
+    def default(option: Any) -> Any:  # an on/off flag without a default is off
+        flag = getattr(option, "is_flag", False) and not isinstance(option.default, bool)
+        return False if flag else option.default
+
+    shared = {o.name: default(o) for o in main.commands["train"].params
+              if o.name in signature and not o.multiple}
+    assert {"unfreeze", "lr_decay", "batch_size", "hidden", "augment_policy", "seed"} <= set(shared)
+    differ = {k: (v, signature[k].default) for k, v in shared.items()
+              if v != signature[k].default}
+    assert not differ, differ
+
+
 def test_set_params_returns_self_and_rejects_unknown_names() -> None:
     clf = ImageClassifier()
     assert clf.set_params(epochs=5, head="linear") is clf
