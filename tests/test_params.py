@@ -28,6 +28,7 @@ BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "num_workers": ([0, 64, None], [-1, 65]),
     "aug_views": ([0, 64], [-1, 65, None]),
     "label_smoothing": ([0, 0.5], [-0.1, 0.5001, None]),
+    "weight_decay": ([0, 0.0, 1, None], [-0.01, 1.0001, float("nan")]),
     "top_k": ([1, 1000], [0, 1001, None]),
     "smoothing": ([0, 0.0, 0.99], [1, 1.0, -0.1, None]),
 }

@@ -41,7 +41,7 @@ class ImageClassifier(ParamsMixin):
     (frozen backbone, head on augmented images), ``finetune`` (warm head, last ``unfreeze``
     blocks trained with a small learning rate), ``ladder`` (all three, each warm-starting the
     next; the best by validation is kept). ``epochs``/``lr``/``optimizer``/``schedule``/
-    ``patience`` left as None take each phase's defaults; ``phase_options`` sets them for one
+    ``patience``/``weight_decay`` left as None take each phase's defaults; ``phase_options`` sets them for one
     phase (``{"finetune": {"lr": 1e-4, "epochs": 12}}``). Learned attributes end in ``_``.
 
     Quality options: ``augment_policy`` (classic, mild, trivialwide, none), ``aug_views``
@@ -58,7 +58,7 @@ class ImageClassifier(ParamsMixin):
                  schedule: str | None = None, patience: int | None = None,
                  phase_options: dict[str, dict[str, Any]] | None = None,
                  unfreeze: int | str = "auto", lr_decay: float = 0.8, train_bn: bool = False,
-                 label_smoothing: float = 0.0,
+                 label_smoothing: float = 0.0, weight_decay: float | None = None,
                  augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
                  augment_policy: str = "mild", aug_views: int = 0, tta: bool = False,
                  class_weights: str | dict[str, float] | None = None, calibrate: bool = False,
@@ -84,6 +84,7 @@ class ImageClassifier(ParamsMixin):
         self.lr_decay = lr_decay
         self.train_bn = train_bn
         self.label_smoothing = label_smoothing
+        self.weight_decay = weight_decay
         self.augment = augment
         self.recalibrate = recalibrate
         self.augment_policy = augment_policy

@@ -114,6 +114,9 @@ def _skip_final_gc() -> None:
               help="Learning-rate factor per block further from the head.")
 @click.option("--label-smoothing", type=click_type("label_smoothing"), default=0.0,
               show_default=True)
+@click.option("--weight-decay", type=click_type("weight_decay"), default=None,
+              help="Weight decay, decoupled with adamw (default per phase: finetune 0.05 with "
+              "adamw, else 0).")
 @click.option("--train-bn", is_flag=True, help="Let unfrozen BN layers update statistics.")
 @click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
 @click.option("--no-recalibrate", is_flag=True, help="Skip BN recalibration after training.")

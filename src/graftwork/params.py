@@ -133,7 +133,8 @@ PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
     _spec("num_workers", "int", 0, 64, 4, "DataLoader workers.", flag="--workers", none=True),
     _spec("aug_views", "int", 0, 64, 4, "Augmented views per image for cached features."),
     _spec("label_smoothing", "float", 0, 0.5, 0.1, "Label smoothing of the training loss."),
-    _spec("weight_decay", "float", 0, 1, 0.05, "Weight decay of the optimizer (adamw: decoupled)."),
+    _spec("weight_decay", "float", 0, 1, 0.05, "Weight decay (decoupled with adamw; default per "
+          "phase).", none=True),
     _spec("top_k", "int", 1, 1000, 5, "Classes listed per image (predict)."),
     _spec("smoothing", "float", 0, 1, 0.8, "Smoothing of the report's curves.", hi_open=True),
 )}

@@ -89,6 +89,7 @@ class PhaseDefaults:
     optimizer: str = "adam"
     schedule: str = "none"
     patience: int = 4
+    weight_decay: float = 0.0
 
 
 @dataclass
@@ -156,7 +157,8 @@ class Phase:
                            patience=p.get("patience") or d.patience, seed=p.get("seed", 0),
                            batch_size=p.get("batch_size", 32),
                            label_smoothing=p.get("label_smoothing") or 0.0,
-                           weight_decay=p.get("weight_decay") or 0.0)
+                           weight_decay=d.weight_decay if p.get("weight_decay") is None
+                           else p["weight_decay"])
 
     def param_groups(self, ctx: PhaseContext, cfg: TrainConfig) -> list[dict[str, Any]] | None:
         """Optimizer parameter groups (None: every trainable parameter at ``cfg.lr``)."""
