@@ -218,6 +218,8 @@ def test_head_auto_chooses_on_validation_and_saves_the_choice(tiny_data: Path, c
     assert spec["chosen_by"] == "validation" and len(spec["candidates"]) == len(HEAD_CANDIDATES)
     best = max(c["val_accuracy"] for c in spec["candidates"])
     assert clf.phases_[0]["best_val_accuracy"] == best  # the chosen head, trained again
+    assert clf.phase_configs_["extract"].weight_decay == spec["weight_decay"]
+    assert clf.phase_options is None  # the choice's settings do not leak into the parameters
     assert [r["epoch"] for r in clf.history_] == list(range(1, len(clf.history_) + 1))
     loaded = ImageClassifier.load(clf.save(tmp_path / "run"))
     assert loaded.config()["head"]["kind"] == spec["kind"]

@@ -44,7 +44,7 @@ class Extract(Phase):
     defaults = PhaseDefaults(epochs=40, lr=1e-3, optimizer="adam", schedule="none", patience=8)
     needs_network = False
 
-    def _config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
+    def config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
         """Larger batches on big data (~n/20, <= 256) with a square-root-scaled Adam rate."""
         cfg = super().config(params, n_train)
         batch = feature_batch_size(cfg.batch_size, n_train)
@@ -77,10 +77,6 @@ class Extract(Phase):
             if ctx.params.get("head") == "auto":
                 self._choose_head(ctx)
             return super().run(ctx)
-
-    def config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
-        cfg = self._config(params, n_train)
-        return replace(cfg, weight_decay=params.get("_weight_decay", cfg.weight_decay))
 
     def _choose_head(self, ctx: PhaseContext) -> None:
         """``head="auto"``: train each of ``HEAD_CANDIDATES`` on the cached features (quietly,
@@ -116,6 +112,9 @@ class Extract(Phase):
         return build_head(choice.kind, s.backbone.feature_dim, len(ctx.splits.classes),
                           choice.hidden, choice.dropout)
 
-    @staticmethod
-    def _params(ctx: PhaseContext, choice: HeadChoice) -> dict[str, Any]:
-        return {**ctx.params, "_weight_decay": choice.weight_decay}
+    @classmethod
+    def _params(cls, ctx: PhaseContext, choice: HeadChoice) -> dict[str, Any]:
+        """``ctx.params`` with the candidate's weight decay as this phase's own setting."""
+        options = dict(ctx.params.get("phase_options") or {})
+        options[cls.name] = {**options.get(cls.name, {}), "weight_decay": choice.weight_decay}
+        return {**ctx.params, "phase_options": options}
