@@ -79,6 +79,14 @@ QUICK_IMAGE_SIZE = 64
 QUICK_OPTIONS = {"epochs": 1}  # every phase of every fit, QUICK only
 
 
+def budget_skip(args: argparse.Namespace, ds: str) -> set[str]:
+    """The configs ``ds`` skips in this run: ``BUDGET_SKIP``'s, unless ``--quick`` or
+    ``--configs`` (configs named on the command line always run)."""
+    if args.quick or args.configs:
+        return set()
+    return BUDGET_SKIP.get(ds, set()) & {c["name"] for c in args.config_list}
+
+
 def log(msg: str) -> None:
     print(f"[quality] {msg}", file=sys.stderr, flush=True)
 
@@ -183,8 +191,9 @@ def method(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
         size = info["image_size"].get(ds) or image_size(args, ds)
         lines.append(f"| {ds} | {tr} / {va} / {te} ({'/'.join(map(str, sizes[ds]))} per class) "
                      f"| {ncls} | {size} px | {qd.DESCRIPTION[ds]} |")
-    skips = {ds: sorted(BUDGET_SKIP[ds]) for ds in args.dataset_list if ds in BUDGET_SKIP}
-    if skips and not args.quick:
+    skips = {ds: sorted(budget_skip(args, ds)) for ds in args.dataset_list
+             if budget_skip(args, ds)}
+    if skips:
         lines += ["", "To stay within 30 minutes some datasets skip some configs (rows marked "
                   "\"skipped (time budget)\"): " + "; ".join(
                       f"{ds}: {', '.join(names)}" for ds, names in skips.items()) + "."]
@@ -246,7 +255,9 @@ def parse(argv: list[str]) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="tiny subsets, 1 seed, 1 epoch")
     ap.add_argument("--seeds", type=int, default=None, help="number of seeds (3; QUICK 1)")
     ap.add_argument("--datasets", default=",".join(qd.SIZES), help="comma-separated")
-    ap.add_argument("--configs", default=None, help="config names separated by semicolons (all)")
+    ap.add_argument("--configs", default=None,
+                    help="config names separated by semicolons (all); named configs run even "
+                         "where BUDGET_SKIP would skip them")
     ap.add_argument("--image-datasets", default=None,
                     help="comma-separated: run the configs that train on images (frozen, "
                          "finetune, ladder) only on these datasets (all); the rest: skipped")
@@ -362,7 +373,7 @@ def main(argv: list[str]) -> int:
                             and not missing_options(cfg["options"])):
                         res = {"config": cfg["name"], "strategy": cfg["strategy"], "seed": seed,
                                "status": "skipped (--image-datasets)"}
-                    elif cfg["name"] in BUDGET_SKIP.get(ds, ()) and not args.quick:
+                    elif cfg["name"] in budget_skip(args, ds):
                         res = {"config": cfg["name"], "strategy": cfg["strategy"], "seed": seed,
                                "status": "skipped (time budget)"}
                     else:

@@ -88,8 +88,9 @@ class PixelModel(FromPixels):
 
 def postprocess(clf: ImageClassifier) -> dict[str, Any]:
     """What ``predict`` does after the network (the run's ``tta`` and ``temperature``)."""
-    session = clf._session()
-    return {"tta": bool(session.tta), "temperature": float(getattr(session, "temperature", 1.0))}
+    calibration = getattr(clf, "calibration_", None)
+    return {"tta": bool(clf.tta),
+            "temperature": float(calibration["temperature"]) if calibration else 1.0}
 
 
 def pixel_model(clf: ImageClassifier) -> PixelModel:
