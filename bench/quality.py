@@ -59,21 +59,24 @@ CONFIGS: list[dict[str, Any]] = [
      "options": {"phase_options": {"finetune": {"optimizer": "adam", "lr": 2e-4,
                                                 "weight_decay": 0.0}}}},
     {"name": "finetune, unfreeze=all", "strategy": "finetune", "options": {"unfreeze": "all"}},
-    {"name": "finetune, lr_decay=0.5", "strategy": "finetune", "options": {"lr_decay": 0.5}},
 ]
-VARIANTS = {"finetune, unfreeze=all", "finetune, lr_decay=0.5"}
+VARIANTS = {"finetune, unfreeze=all"}
 
 # Network input size per dataset (the same for all its configs). The sources are 25-28 px;
-# fmnist-2000 runs at 160 px (the issue's 86.3% baseline was at 224 px, where its ladder
-# alone takes 5 minutes per seed here), the others at 64-96 px, to fit the time budget.
-IMAGE_SIZE = {"fmnist-2000": 160, "fmnist-400": 64, "fmnist-small": 64, "mnist-1000": 64,
+# fmnist-2000 and fmnist-400 run at 160 px (the issue's 86.3% baseline was at 224 px, where
+# the fmnist-2000 ladder alone takes 5 minutes per seed here; fmnist-400 shares fmnist-2000's
+# val/test images, so their features come from the cache), the others at 64-96 px, to fit the
+# time budget. At 64 px fine-tuning barely pays on fmnist-400 (+0.4 points, git history of
+# quality.md): the unfrozen stride-32 blocks see 2x2 maps.
+IMAGE_SIZE = {"fmnist-2000": 160, "fmnist-400": 160, "fmnist-small": 64, "mnist-1000": 64,
               "lfw-faces": 96}
 # Configs a dataset skips to keep `make quality` within 30 minutes: the variants of the
-# fine-tuning recipe run on fmnist-400; fmnist-2000 runs the ladder (its finetune rung is the
-# default recipe) and the extract options; lfw-faces (100% everywhere) the ladder.
+# fine-tuning recipe run on fmnist-400 (whose ladder's finetune rung is the default recipe);
+# fmnist-2000 runs the ladder and the extract options; lfw-faces (100% everywhere) the ladder.
 _IMAGE_ROWS = {"finetune", "finetune, previous recipe", "finetune, adam 2e-4 no weight decay",
                *VARIANTS}
 BUDGET_SKIP = {"fmnist-2000": {*_IMAGE_ROWS, "extract, aug_views=4"},
+               "fmnist-400": {"finetune"},
                "fmnist-small": VARIANTS, "mnist-1000": VARIANTS, "lfw-faces": _IMAGE_ROWS}
 QUICK_IMAGE_SIZE = 64
 QUICK_OPTIONS = {"epochs": 1}  # every phase of every fit, QUICK only
