@@ -16,6 +16,7 @@ loop consults (None for one process), made by ``fit_classifier`` when launched b
 """
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -60,6 +61,15 @@ class Distributed:
         self.accelerator = Accelerator(cpu=cpu)
         self.rank = self.accelerator.process_index
         self.world = self.accelerator.num_processes
+        # the process group left to interpreter shutdown can abort the process ("terminate
+        # called without an active exception") after all the work is done
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Destroy the process group (local, no collective: safe when another rank failed);
+        called at exit, again is a no-op."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            self.accelerator.end_training()
 
     @classmethod
     def from_env(cls) -> Distributed | None:
