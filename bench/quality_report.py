@@ -162,10 +162,10 @@ def targets_table(all_rows: dict[str, dict[str, dict[str, Any]]],
             goal = fmnist_goal[1]
             goal_line = (f"{ds}: best rung with default settings {best:.1f}% test (goal ≥ "
                          f"{goal:.0f}%: {'met' if best >= goal else 'not met'}).")
-            tuned = {name: _mean_test(row) for name, row in rows.items()
-                     if name.startswith("finetune,") and _mean_test(row) is not None}
+            tuned = {name: test for name, row in rows.items()
+                     if name.startswith("finetune,") and (test := _mean_test(row)) is not None}
             if tuned:
-                name = max(tuned, key=lambda n: tuned[n])  # type: ignore[arg-type,return-value]
+                name = max(tuned, key=tuned.__getitem__)
                 goal_line += (f" Best fine-tuning option: `{name}` {tuned[name]:.1f}% "
                               f"({'met' if tuned[name] >= goal else 'not met'}).")
     return out + ([ "", goal_line] if goal_line else [])
