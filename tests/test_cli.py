@@ -119,8 +119,11 @@ def test_backbones_checked_params_and_feature_dim(monkeypatch: pytest.MonkeyPatc
     assert table.exit_code == 0
     header = table.output.splitlines()[0].split()
     assert header == ["name", "arch", "params", "feature_dim", "input_size", "blocks",
-                      "unfreeze_auto", "offline_weights"]
+                      "unfreeze_auto", "all_from_per_class", "offline_weights"]
     assert rows["mobilenet_v2"]["unfreeze_auto"] == 5
+    assert rows["mobilenet_v2"]["all_from_per_class"] is None  # unmeasured: never "all"
+    lite = rows["efficientnet_lite0"]["all_from_per_class"]
+    assert lite is not None and lite == bbs.get_spec("efficientnet_lite0").finetune_all_from
     assert "Any timm architecture name works too" in table.output
 
 

@@ -1,13 +1,15 @@
 """Per-phase settings (``phase_options`` / ``--phase-option``) and ``unfreeze="auto"``."""
 from __future__ import annotations
 
+import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from graftwork import ConfigError, ImageClassifier
-from graftwork.backbones import get_spec
+from graftwork.backbones import get_spec, register_backbone
 from graftwork.cli import main
 from graftwork.phases.extract import Extract
 from graftwork.phases.finetune import Finetune
@@ -93,6 +95,25 @@ def test_unfreeze_auto_uses_the_backbones_finetune_blocks(tiny_data: Path,
     explicit = ImageClassifier(**TINY, strategy="finetune", epochs=1, unfreeze=2,
                                cache_dir=cache_dir).fit(tiny_data)
     assert len(explicit.unfrozen_blocks_) == 2
+
+
+@pytest.mark.parametrize("all_from, expect_all", [(8, True), (9, False)])
+def test_unfreeze_auto_trains_every_block_from_enough_images_per_class(
+        tiny_data: Path, cache_dir: str, caplog: pytest.LogCaptureFixture, all_from: int,
+        expect_all: bool) -> None:
+    """``finetune_all_from`` images per class (tiny_data: 8) switch "auto" from the last
+    ``finetune_blocks`` to every block, and the log says why; one image short, it does not."""
+    name = f"tiny_all_from_{all_from}"
+    register_backbone(dataclasses.replace(get_spec(TINY["backbone"]), name=name,
+                                          finetune_blocks=1, finetune_all_from=all_from))
+    with caplog.at_level(logging.INFO, logger="graftwork.phases.finetune"):
+        clf = ImageClassifier(**{**TINY, "backbone": name}, strategy="finetune", epochs=1,
+                              cache_dir=cache_dir).fit(tiny_data)
+    blocks = [b for b, _ in clf.model_.backbone.block_param_names()]
+    assert clf.unfrozen_blocks_ == (blocks if expect_all else blocks[-1:])
+    assert all(p.requires_grad for p in clf.model_.backbone.parameters()) == expect_all
+    assert (f"unfreeze=auto: {len(clf.unfrozen_blocks_)} of {len(blocks)} blocks train "
+            f"(8 training images per class; every block from {all_from})") in caplog.text
 
 
 def _registered() -> bool:

@@ -50,17 +50,24 @@ class GraftModel(nn.Module):
         return [n for n, m in bn_layers(self) if m.training]
 
 
-def resolve_unfreeze(backbone: Backbone, unfreeze: int | str) -> int | str:
-    """``unfreeze`` with ``"auto"`` replaced by the backbone's ``finetune_blocks`` (at most
-    its number of blocks)."""
+def resolve_unfreeze(backbone: Backbone, unfreeze: int | str,
+                     per_class: float | None = None) -> int | str:
+    """``unfreeze`` with ``"auto"`` replaced: ``"all"`` when the training set has at least the
+    backbone's ``finetune_all_from`` images per class (``per_class``), else its
+    ``finetune_blocks`` (at most its number of blocks)."""
     if unfreeze != "auto":
         return unfreeze
-    return min(backbone.spec.finetune_blocks, len(backbone.block_param_names()))
+    spec = backbone.spec
+    if (spec.finetune_all_from is not None and per_class is not None
+            and per_class >= spec.finetune_all_from):
+        return "all"
+    return min(spec.finetune_blocks, len(backbone.block_param_names()))
 
 
 def freeze_backbone(backbone: Backbone, unfreeze: int | str = 0) -> list[str]:
     """Freeze the backbone except its last ``unfreeze`` blocks (``"all"``: everything trains;
-    ``"auto"``: the backbone's ``finetune_blocks``).
+    ``"auto"``: the backbone's ``finetune_blocks``; the finetune phase resolves ``"auto"``
+    with the training set's size first, see ``resolve_unfreeze``).
 
     Returns the names of the unfrozen blocks.
     """

@@ -6,6 +6,7 @@ inference engine (its outputs for the validation images computed once), the suff
 train in torch. Architectures that cannot be split, and CUDA/MPS runs, use the all-torch path."""
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -23,6 +24,8 @@ from graftwork.training import TrainConfig, evaluate
 
 __all__ = ["Finetune"]
 
+log = logging.getLogger(__name__)
+
 _VAL_MAPS_MAX_BYTES = 512 * 2**20  # precomputed validation maps kept in memory up to this
 
 
@@ -39,8 +42,11 @@ class Finetune(Phase):
 
     @staticmethod
     def unfreeze(ctx: PhaseContext) -> int | str:
-        """The ``unfreeze`` parameter, ``"auto"`` resolved for this backbone."""
-        return resolve_unfreeze(ctx.session.model.backbone, ctx.params.get("unfreeze", "auto"))
+        """The ``unfreeze`` parameter, ``"auto"`` resolved for this backbone and the number of
+        training images per class."""
+        per_class = len(ctx.splits.train) / max(1, len(ctx.splits.classes))
+        return resolve_unfreeze(ctx.session.model.backbone, ctx.params.get("unfreeze", "auto"),
+                                per_class)
 
     def check(self, ctx: PhaseContext) -> None:
         unfreeze = self.unfreeze(ctx)
@@ -54,8 +60,16 @@ class Finetune(Phase):
                               f"choose 0..{n}, 'all' or 'auto' (see `graft summary {name}`)")
 
     def trainable(self, ctx: PhaseContext) -> None:
-        ctx.session.unfrozen_blocks = freeze_backbone(ctx.session.model.backbone,
-                                                      self.unfreeze(ctx))
+        backbone = ctx.session.model.backbone
+        unfreeze = self.unfreeze(ctx)
+        ctx.session.unfrozen_blocks = freeze_backbone(backbone, unfreeze)
+        if ctx.params.get("unfreeze", "auto") == "auto":
+            spec = backbone.spec
+            why = (f"{len(ctx.splits.train) / max(1, len(ctx.splits.classes)):.0f} training "
+                   f"images per class; every block from {spec.finetune_all_from}"
+                   if spec.finetune_all_from is not None else "this backbone's default")
+            log.info("unfreeze=auto: %s of %d blocks train (%s)",
+                     len(ctx.session.unfrozen_blocks), len(backbone.block_param_names()), why)
 
     def param_groups(self, ctx: PhaseContext, cfg: TrainConfig) -> list[dict[str, Any]]:
         """The head at ``lr``, then each trainable block at ``lr * lr_decay**depth``."""
