@@ -18,6 +18,7 @@ It prints one JSON summary line on stdout. Datasets: see bench/quality_data.py.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime
 import inspect
 import json
@@ -163,13 +164,11 @@ def phase_defaults() -> str:
 
 def seeds_text(fits: list[dict[str, Any]]) -> str:
     """The seeds of the fits, e.g. ``0-2 (fmnist-small: 0-5)``: the most common range first."""
-    of: dict[str, list[int]] = {}
+    of: dict[str, set[int]] = {}
     for f in fits:
-        of.setdefault(f["dataset"], [])
-        if f["seed"] not in of[f["dataset"]]:
-            of[f["dataset"]].append(f["seed"])
-    spans = {ds: (f"{min(v)}-{max(v)}" if len(v) > 1 else str(v[0])) for ds, v in of.items()}
-    common = max(spans.values(), key=list(spans.values()).count, default="")
+        of.setdefault(f["dataset"], set()).add(f["seed"])
+    spans = {ds: (f"{min(v)}-{max(v)}" if len(v) > 1 else str(min(v))) for ds, v in of.items()}
+    common = collections.Counter(spans.values()).most_common(1)[0][0] if spans else ""
     other = [f"{ds}: {span}" for ds, span in spans.items() if span != common]
     return common + (f" ({'; '.join(other)})" if other else "")
 

@@ -41,10 +41,10 @@ class ImageClassifier(ParamsMixin):
     (frozen backbone, head on augmented images), ``finetune`` (warm head, last ``unfreeze``
     blocks trained with a small learning rate; ``"auto"``: the backbone's count, or every block
     from its ``finetune_all_from`` training images per class), ``ladder`` (all three, each
-    warm-starting the next; the best by validation is kept). ``epochs``/``lr``/``optimizer``/``schedule``/
-    ``patience``/``weight_decay`` left as None take each phase's defaults; ``phase_options``
-    sets them for one phase (``{"finetune": {"lr": 1e-4, "epochs": 12}}``). Learned attributes
-    end in ``_``.
+    warm-starting the next; the best by validation is kept). ``epochs``/``lr``/``optimizer``/
+    ``schedule``/``patience``/``weight_decay`` left as None take each phase's defaults;
+    ``phase_options`` sets them for one phase (``{"finetune": {"lr": 1e-4, "epochs": 12}}``).
+    Learned attributes end in ``_``.
 
     Quality options: ``augment_policy`` (classic, mild, trivialwide, none), ``aug_views``
     (``extract``: K augmented views of every training image as extra cached features),

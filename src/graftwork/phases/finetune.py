@@ -41,12 +41,16 @@ class Finetune(Phase):
     changes_backbone = True
 
     @staticmethod
-    def unfreeze(ctx: PhaseContext) -> int | str:
+    def _per_class(ctx: PhaseContext) -> float:
+        """Training images per class (what ``unfreeze="auto"`` depends on)."""
+        return len(ctx.splits.train) / max(1, len(ctx.splits.classes))
+
+    @classmethod
+    def unfreeze(cls, ctx: PhaseContext) -> int | str:
         """The ``unfreeze`` parameter, ``"auto"`` resolved for this backbone and the number of
         training images per class."""
-        per_class = len(ctx.splits.train) / max(1, len(ctx.splits.classes))
         return resolve_unfreeze(ctx.session.model.backbone, ctx.params.get("unfreeze", "auto"),
-                                per_class)
+                                cls._per_class(ctx))
 
     def check(self, ctx: PhaseContext) -> None:
         unfreeze = self.unfreeze(ctx)
@@ -65,8 +69,8 @@ class Finetune(Phase):
         ctx.session.unfrozen_blocks = freeze_backbone(backbone, unfreeze)
         if ctx.params.get("unfreeze", "auto") == "auto":
             spec = backbone.spec
-            why = (f"{len(ctx.splits.train) / max(1, len(ctx.splits.classes)):.0f} training "
-                   f"images per class; every block from {spec.finetune_all_from}"
+            why = (f"{self._per_class(ctx):.0f} training images per class; every block "
+                   f"from {spec.finetune_all_from}"
                    if spec.finetune_all_from is not None else "this backbone's default")
             log.info("unfreeze=auto: %s of %d blocks train (%s)",
                      len(ctx.session.unfrozen_blocks), len(backbone.block_param_names()), why)
