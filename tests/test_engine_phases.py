@@ -115,3 +115,42 @@ def test_predict_on_onnx_runtime_matches_torch(tiny_data: Path, cache_dir: str,
     with torch.inference_mode():
         ref = clf.model_.eval()(x).softmax(1).numpy()
     assert abs(ref - probs["onnx"]).max() < 0.02  # PIL vs uint8 resampling: a grey level or two
+
+
+def test_decode_workers_wait_for_the_whole_training_step(graft: GraftModel, tmp_path: Path) -> None:
+    """Gated decode workers never share the cores with a training step: the gate is closed
+    through forward, backward and the optimizer step (every block unfrozen: the runner is only
+    normalisation, the tail the whole network) and open while the next batch is fetched."""
+    from graftwork.features.pipeline import Gate
+    from graftwork.training import TrainConfig, fit
+
+    freeze_backbone(graft.backbone, "all")
+    pre = graft.backbone.spec.preprocessing(32)
+    prefix, suffix = graft.backbone.split("all")
+    runner = bind_prefix(prefix, graft, pre, FeatureCache(tmp_path, graft.backbone, pre),
+                         "torch", 10)
+    gate = Gate()
+    open_when: dict[str, list[bool]] = {"fetch": [], "forward": [], "backward": []}
+
+    def record(stage: str) -> None:
+        open_when[stage].append(gate.event.is_set())
+
+    tail = nn.Sequential(suffix, graft.head)
+    tail.register_forward_pre_hook(lambda *_: record("forward"))
+    tail.register_full_backward_pre_hook(lambda *_: record("backward"))
+    on_engine = OnEngine(runner, tail, graft, gate)
+
+    def batches(generator: torch.Generator):  # type: ignore[no-untyped-def]
+        for _ in range(3):
+            record("fetch")
+            yield _pixels(), torch.tensor([0, 1, 2, 0, 1, 2])
+
+    fit(on_engine, batches, None, TrainConfig(epochs=1, lr=1e-3), steps_per_epoch=3,
+        progress=False)
+    assert open_when == {"fetch": [True] * 3, "forward": [False] * 3, "backward": [False] * 3}
+    assert gate.event.is_set()  # open again after training
+    with gate.closed():  # nested closing (the step around the runner) reopens only at the end
+        with gate.closed():
+            pass
+        assert not gate.event.is_set()
+    assert gate.event.is_set()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import contextlib
 from contextlib import contextmanager
 import logging
 import math
@@ -317,23 +318,26 @@ def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
     weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
     scaler = runtime.precision.grad_scaler(runtime.device) if runtime is not None else None
     loss_sum, correct, n = 0.0, 0, 0
+    # a model fed by gated decode workers (phases._engine.OnEngine) pauses them for the step
+    computing = getattr(model, "computing", contextlib.nullcontext)
     with tqdm(batches, total=steps, desc=desc, unit="batch", disable=not progress,
               leave=False) as bar:
         for x, y in bar:
             if not len(y):
                 continue
-            x, y, logits = _forward(model, x, y, runtime)
-            w = weight.to(logits.device) if weight is not None else None
-            loss = nn.functional.cross_entropy(logits, y, weight=w,
-                                               label_smoothing=label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:  # fp16 on CUDA: scaled gradients
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
+            with computing():
+                x, y, logits = _forward(model, x, y, runtime)
+                w = weight.to(logits.device) if weight is not None else None
+                loss = nn.functional.cross_entropy(logits, y, weight=w,
+                                                   label_smoothing=label_smoothing)
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:  # fp16 on CUDA: scaled gradients
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
             if sched is not None:
                 sched.step()
             loss_sum += float(loss.detach()) * len(y)

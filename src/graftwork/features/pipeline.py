@@ -239,20 +239,25 @@ class Gate:
         self.context = multiprocessing.get_context()
         self.event = self.context.Event()
         self.event.set()
+        self._depth = 0  # closed() nests: the training step wraps the engine's forward
 
     @contextlib.contextmanager
     def closed(self) -> Iterator[None]:
+        self._depth += 1
         self.event.clear()  # workers finish the image in hand, then wait
         try:
             yield
         finally:
-            self.event.set()
+            self._depth -= 1
+            if not self._depth:
+                self.event.set()
 
 
 class Gated(torch.utils.data.Dataset):
     """A dataset whose items wait for ``gate``, which the main process clears while computing.
 
-    Workers then decode only while the backbone is not running, each on a core of its own: on a
+    Workers then decode only while nothing computes (no backbone forward, no training step:
+    ``training`` wraps each step in the model's ``computing()``), each on a core of its own: on a
     small CPU, decoding beside the forward pass time-slices it, which costs more than the
     decoding; processes rather than threads, so no GIL to share (bench/results.md).
     """

@@ -45,9 +45,15 @@ class OnEngine(nn.Module):
         self.gate = gate  # decode workers pause while the engine computes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad(), self.gate.closed() if self.gate else contextlib.nullcontext():
+        with torch.no_grad(), self.computing():
             maps = self.runner(x)
+        if maps.dim() == 4:  # the tail's convolutions run fastest channels_last on CPU
+            maps = maps.contiguous(memory_format=torch.channels_last)
         return self.tail(maps)
+
+    def computing(self) -> contextlib.AbstractContextManager[None]:
+        """Decode workers wait while this is open: training wraps its whole step in it."""
+        return self.gate.closed() if self.gate else contextlib.nullcontext()
 
     def train(self, mode: bool = True) -> OnEngine:
         self.training = mode

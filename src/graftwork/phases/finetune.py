@@ -108,7 +108,7 @@ class Finetune(Phase):
         prefix, suffix = parts
         runner = bind_prefix(prefix, model, s.preprocessing, s.cache(), s.engine,
                              planned_images(ctx, self))
-        tail = nn.Sequential(suffix, model.head)
+        tail = nn.Sequential(suffix, model.head).to(memory_format=torch.channels_last)
         gate = Gate()
         return PhasePlan(OnEngine(runner, tail, model, gate),
                          pixel_batches(s, ctx.splits.train, ctx.params.get("augment"),
