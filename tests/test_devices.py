@@ -16,13 +16,15 @@ from graftwork.errors import ConfigError
 
 
 def _machine(mp: pytest.MonkeyPatch, cuda: int = 0, mps: bool = False,
-             cuda_bf16: bool = True, cpu_bf16: bool | None = None) -> None:
+             cuda_bf16: bool = True, cpu_bf16: bool | str | None = None) -> None:
+    """``cpu_bf16``: the CPU's native-bf16 flag (True: avx512_bf16; False: none)."""
     mp.setattr(torch.cuda, "is_available", lambda: cuda > 0)
     mp.setattr(torch.cuda, "device_count", lambda: cuda)
     mp.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: cuda_bf16)
     mp.setattr(torch.backends.mps, "is_available", lambda: mps)
     if cpu_bf16 is not None:
-        mp.setattr(devices, "_native_bf16_flag", lambda: "avx512_bf16" if cpu_bf16 else None)
+        flag = "avx512_bf16" if cpu_bf16 is True else cpu_bf16 or None
+        mp.setattr(devices, "_native_bf16_flag", lambda: flag)
 
 
 @pytest.mark.parametrize(("cuda", "mps", "want"), [
@@ -66,7 +68,9 @@ def test_bad_device_strings(monkeypatch, spec):
 
 # (device, cpu_bf16, cuda_bf16) -> name, autocast dtype, scaler
 MATRIX = [
-    ("cpu", True, True, "bf16", torch.bfloat16, False),
+    ("cpu", "amx_bf16", True, "bf16", torch.bfloat16, False),
+    ("cpu", "amx_tile", True, "bf16", torch.bfloat16, False),
+    ("cpu", "avx512_bf16", True, "fp32", None, False),  # measured: bf16 trains no faster
     ("cpu", False, True, "fp32", None, False),
     ("cuda", False, True, "bf16", torch.bfloat16, False),
     ("cuda", True, False, "fp16", torch.float16, True),
@@ -110,12 +114,12 @@ def test_bf16_on_old_cuda_is_an_error(monkeypatch):
 
 
 def test_this_machine_auto(monkeypatch):
-    """This development machine has avx512_bf16: auto picks bf16 on the CPU."""
-    if not cpu_has_native_bf16():
-        pytest.skip("CPU without native bf16")
+    """On this machine's CPU, auto trains in bf16 only with AMX, and says why."""
     p = resolve_precision("auto", torch.device("cpu"))
-    assert p.name == "bf16"
-    assert "avx512_bf16" in p.reason or "amx" in p.reason
+    feats = cpu_features()
+    assert p.name == ("bf16" if {"amx_bf16", "amx_tile"} & feats else "fp32")
+    if "avx512_bf16" in feats and p.name == "fp32":
+        assert "no AMX" in p.reason
 
 
 def test_cpu_features_detected():

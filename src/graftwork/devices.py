@@ -1,9 +1,9 @@
 """Where the network runs and at what precision: ``--device`` and ``--precision``.
 
 ``resolve_device("auto")`` picks CUDA, then Apple MPS, then the CPU; explicit names are checked
-against what exists. ``resolve_precision("auto", device)`` picks bfloat16 autocast where the
-hardware computes in it natively (CPUs with AVX512-BF16/AMX, CUDA GPUs that support bf16), fp16
-with a gradient scaler on older CUDA GPUs, and fp32 everywhere else. CPU features are detected
+against what exists. ``resolve_precision("auto", device)`` picks bfloat16 autocast where it
+pays (CPUs with AMX, CUDA GPUs that support bf16), fp16 with a gradient scaler on older CUDA
+GPUs, and fp32 everywhere else (AVX512-BF16 without AMX trained no faster in bf16). CPU features are detected
 (``/proc/cpuinfo`` and torch's capability string), never guessed.
 """
 from __future__ import annotations
@@ -28,7 +28,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile")
+_BF16_FLAGS = ("amx_bf16", "amx_tile", "avx512_bf16")  # AMX first: what `auto` trains in bf16 on
+_AMX_FLAGS = ("amx_bf16", "amx_tile")
 _DEVICE_RX = re.compile(r"^(cpu|mps|cuda)(?::(\d+))?$")
 
 
@@ -195,8 +196,10 @@ def _resolve_precision(spec: str, device: torch.device | str) -> Precision:
     if text == "auto":
         if kind == "cpu":
             flag = _native_bf16_flag()
-            if flag:
+            if flag in _AMX_FLAGS:
                 return _with_reason(bf16, f"CPU has {flag}")
+            if flag:  # bench/results.md: bf16/fp32 fine-tuning speed 1.00x, all blocks slower
+                return _fp32(f"CPU has {flag} but no AMX: bf16 autocast trains no faster")
             return _fp32("CPU has no native bf16 (avx512_bf16/amx)")
         if kind == "cuda":
             if torch.cuda.is_bf16_supported():
