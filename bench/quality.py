@@ -142,6 +142,8 @@ def run_fit(folder: Path, cfg: dict[str, Any], seed: int, image_size: int,
             "test": m.get("test", {}).get("accuracy"), "seconds": round(time.perf_counter() - t0, 2),
             "cpu_s": round(cpu_seconds() - c0, 2),
             "phases": phases, "best_phase": getattr(clf, "best_phase_", None),
+            "precision": getattr(clf, "runtime_", {}).get("precision"),
+            "precision_reason": getattr(clf, "runtime_", {}).get("reason"),
             "epochs": {k: c.epochs for k, c in getattr(clf, "phase_configs_", {}).items()}}
 
 
@@ -171,6 +173,15 @@ def seeds_text(fits: list[dict[str, Any]]) -> str:
     common = collections.Counter(spans.values()).most_common(1)[0][0] if spans else ""
     other = [f"{ds}: {span}" for ds, span in spans.items() if span != common]
     return common + (f" ({'; '.join(other)})" if other else "")
+
+
+def precision_text(fits: list[dict[str, Any]]) -> str:
+    """How many fits ran at each precision (``--precision auto``) and why, e.g. ``fp32: 60
+    fits (CPU has no native bf16 ...)``; fits of runs that did not record it are counted."""
+    ok = [f for f in fits if f["status"] == "ok"]
+    counts = collections.Counter((f.get("precision"), f.get("precision_reason")) for f in ok)
+    return "; ".join(f"{p}: {n} fits ({why})" if p else f"not recorded: {n} fits (earlier runs)"
+                     for (p, why), n in counts.most_common())
 
 
 def method(args: argparse.Namespace, info: dict[str, Any],
@@ -203,6 +214,7 @@ def method(args: argparse.Namespace, info: dict[str, Any],
              + ("1 for every phase (QUICK)." if args.quick else
                 f"graftwork's defaults for every phase ({phase_defaults()}; with early "
                 "stopping, see `epochs` in quality.json)."),
+             f"Training precision (`precision='auto'`): {precision_text(fits)}.",
              "",
              "| dataset | train / val / test images | classes | image size | source |",
              "|---|---|---|---|---|"]
