@@ -157,6 +157,22 @@ def test_two_process_training_agrees(tmp_path: Path) -> None:
         assert r["val"]["loss"] == pytest.approx(r["single"]["loss"], rel=1e-5)
 
 
+def test_two_process_training_survives_an_unreadable_batch(tmp_path: Path) -> None:
+    """A batch with no readable image on one process (it takes a step fewer): training
+    neither hangs in the other's gradient all-reduce nor ends with different weights."""
+    pytest.importorskip("accelerate")
+    env = _env()
+    env["PYTHONPATH"] = str(REPO / "src")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node",
+                           "2", "--master_port", "29533",
+                           str(REPO / "tests" / "fixtures" / "ddp_uneven_worker.py"),
+                           str(tmp_path)], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["epochs"] == ranks[1]["epochs"] == 2
+    assert ranks[0]["state"] == ranks[1]["state"]
+
+
 @pytest.mark.parametrize("strategy", ["frozen", "finetune"])
 def test_two_process_fit(tmp_path: Path, strategy: str) -> None:
     """`torchrun -nproc 2` around ImageClassifier.fit: both processes end with the same

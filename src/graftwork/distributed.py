@@ -17,6 +17,7 @@ loop consults (None for one process), made by ``fit_classifier`` when launched b
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
@@ -86,6 +87,18 @@ class Distributed:
         if not any(p.requires_grad for p in model.parameters()):
             return model
         return self.accelerator.prepare_model(model)
+
+    def uneven(self, model: nn.Module) -> contextlib.AbstractContextManager[Any]:
+        """Around an epoch of ``model`` (as ``prepare`` returned it): a process that runs out of
+        batches early (one skipped: none of its images could be read) shadows the others'
+        gradient all-reduces (``torch.distributed.algorithms.Join``) instead of leaving them
+        waiting for ever; a model that is not wrapped needs nothing."""
+        from torch.distributed.algorithms import Join
+        from torch.nn.parallel import DistributedDataParallel
+
+        if isinstance(model, DistributedDataParallel):
+            return Join([model])
+        return contextlib.nullcontext()
 
     def unwrap(self, model: nn.Module) -> nn.Module:
         return self.accelerator.unwrap_model(model)

@@ -272,9 +272,10 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
             result.stopped_early = True
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        row = _train_epoch(trained, train_batches(gen), opt, sched, steps_per_epoch,
-                           f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing,
-                           runtime, cfg.class_weights)
+        with dist.uneven(trained) if dist is not None else contextlib.nullcontext():
+            row = _train_epoch(trained, train_batches(gen), opt, sched, steps_per_epoch,
+                               f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing,
+                               runtime, cfg.class_weights)
         if dist is not None:
             dist.average_bn(model)
         val = validate() if validate is not None else {}
@@ -319,7 +320,7 @@ def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
     scaler = runtime.precision.grad_scaler(runtime.device) if runtime is not None else None
     loss_sum, correct, n = 0.0, 0, 0
     # a model fed by gated decode workers (phases._engine.OnEngine) pauses them for the step
-    computing = getattr(model, "computing", contextlib.nullcontext)
+    computing = getattr(getattr(model, "module", model), "computing", contextlib.nullcontext)
     with tqdm(batches, total=steps, desc=desc, unit="batch", disable=not progress,
               leave=False) as bar:
         for x, y in bar:
