@@ -110,7 +110,8 @@ def missing_options(options: dict[str, Any]) -> list[str]:
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (DataLoader workers) so far."""
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
@@ -139,7 +140,8 @@ def run_fit(folder: Path, cfg: dict[str, Any], seed: int, image_size: int,
                                      "wall_time_s", "epochs", "best_epoch")}
               for p in m.get("phases", [])]
     return {**out, "status": "ok", "val": m["val"].get("accuracy"),
-            "test": m.get("test", {}).get("accuracy"), "seconds": round(time.perf_counter() - t0, 2),
+            "test": m.get("test", {}).get("accuracy"),
+            "seconds": round(time.perf_counter() - t0, 2),
             "cpu_s": round(cpu_seconds() - c0, 2),
             "phases": phases, "best_phase": getattr(clf, "best_phase_", None),
             "precision": getattr(clf, "runtime_", {}).get("precision"),

@@ -89,7 +89,8 @@ def dataset_table(rows: dict[str, dict[str, Any]]) -> list[str]:
         if name == BASELINE:
             delta, wl = "(baseline)", ""
         elif cmp["diffs"]:
-            delta, wl = _mean_std(cmp["diffs"], 100, 1), f"{cmp['wins']}/{cmp['losses']}/{cmp['ties']}"
+            delta = _mean_std(cmp["diffs"], 100, 1)
+            wl = f"{cmp['wins']}/{cmp['losses']}/{cmp['ties']}"
             delta = ("+" if not delta.startswith("-") else "") + delta
         else:
             delta, wl = "", ""

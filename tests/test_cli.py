@@ -88,6 +88,22 @@ def test_every_command_has_help() -> None:
         assert main.commands[name].help, f"{name} has no help text"
 
 
+def test_train_help_states_the_defaults_the_code_has() -> None:
+    """--unfreeze and --weight-decay spell out defaults that live in the backbone registry and
+    the finetune phase: the help must change when they do."""
+    from graftwork.phases import PHASES
+
+    options = {p.name: p.help or "" for p in main.commands["train"].params}
+    spec = bbs.get_spec("efficientnet_lite0")
+    assert f"efficientnet_lite* the last {spec.finetune_blocks}," in options["unfreeze"]
+    assert f"from {spec.finetune_all_from} training images per class" in options["unfreeze"]
+    decays = {n: c.defaults.weight_decay for n, c in PHASES.items()}
+    assert {n for n, d in decays.items() if d} == {"finetune"}
+    finetune = PHASES["finetune"].defaults
+    assert (f"finetune {finetune.weight_decay:g} with {finetune.optimizer}, else 0"
+            in options["weight_decay"])
+
+
 # ------------------------------------------------------------------------------- backbones
 
 
