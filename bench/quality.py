@@ -61,13 +61,16 @@ CONFIGS: list[dict[str, Any]] = [
                                                 "weight_decay": 0.0}}}},
     {"name": "finetune, unfreeze=4", "strategy": "finetune", "options": {"unfreeze": 4}},
     {"name": "finetune, unfreeze=all", "strategy": "finetune", "options": {"unfreeze": "all"}},
+    # bf16 autocast, which precision="auto" picked on AVX512-BF16 CPUs before it was measured
+    # no faster there; run it on such a CPU (elsewhere bf16 is emulated, slowly)
+    {"name": "ladder, precision=bf16", "strategy": "ladder", "options": {"precision": "bf16"}},
 ]
 # The fine-tuning recipe comparisons run only when named (--configs), in runs of their own
 # merged into bench/quality.md (--merge; its Method line lists each run's command): with
 # them, `make quality` took 33 minutes before unfreeze="auto" trained every block of
 # fmnist-2000 (2.5x its fine-tuning time).
 NAMED_ONLY = {"finetune", "finetune, previous recipe", "finetune, adam 2e-4 no weight decay",
-              "finetune, unfreeze=4", "finetune, unfreeze=all"}
+              "finetune, unfreeze=4", "finetune, unfreeze=all", "ladder, precision=bf16"}
 
 # Network input size per dataset (the same for all its configs). The sources are 25-28 px;
 # fmnist-2000 and fmnist-400 run at 160 px (the 86.3% baseline was at 224 px, where
