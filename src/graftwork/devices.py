@@ -3,8 +3,8 @@
 ``resolve_device("auto")`` picks CUDA, then Apple MPS, then the CPU; explicit names are checked
 against what exists. ``resolve_precision("auto", device)`` picks bfloat16 autocast where it
 pays (CPUs with AMX, CUDA GPUs that support bf16), fp16 with a gradient scaler on older CUDA
-GPUs, and fp32 everywhere else (AVX512-BF16 without AMX trained no faster in bf16). CPU features are detected
-(``/proc/cpuinfo`` and torch's capability string), never guessed.
+GPUs, and fp32 everywhere else (AVX512-BF16 without AMX trained no faster in bf16). CPU
+features are detected (``/proc/cpuinfo`` and torch's capability string), never guessed.
 """
 from __future__ import annotations
 

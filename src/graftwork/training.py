@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import copy
-import contextlib
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 import logging
 import math
 import time
@@ -272,7 +271,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
             result.stopped_early = True
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        with dist.uneven(trained) if dist is not None else contextlib.nullcontext():
+        with dist.uneven(trained) if dist is not None else nullcontext():
             row = _train_epoch(trained, train_batches(gen), opt, sched, steps_per_epoch,
                                f"{phase} {epoch}/{cfg.epochs}", progress, cfg.label_smoothing,
                                runtime, cfg.class_weights)
@@ -320,7 +319,7 @@ def _train_epoch(model: nn.Module, batches: Batches, opt: torch.optim.Optimizer,
     scaler = runtime.precision.grad_scaler(runtime.device) if runtime is not None else None
     loss_sum, correct, n = 0.0, 0, 0
     # a model fed by gated decode workers (phases._engine.OnEngine) pauses them for the step
-    computing = getattr(getattr(model, "module", model), "computing", contextlib.nullcontext)
+    computing = getattr(getattr(model, "module", model), "computing", nullcontext)
     with tqdm(batches, total=steps, desc=desc, unit="batch", disable=not progress,
               leave=False) as bar:
         for x, y in bar:
