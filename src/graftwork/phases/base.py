@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -28,6 +29,7 @@ from torch import nn
 from graftwork.callbacks import Callback, dispatch
 from graftwork.data import Splits
 from graftwork.devices import Runtime
+from graftwork.fold import folded_batchnorm
 from graftwork.model import freeze_backbone, parameter_counts
 from graftwork.training import FitResult, TrainConfig, fit
 
@@ -126,6 +128,7 @@ class PhasePlan:
     validate: Callable[[], dict[str, float]] | None
     n: int
     runtime: bool = True  # False: the training loop runs on the CPU in fp32 (a head on an engine)
+    example: Any = None  # an input batch of ``model``: inference-mode BN gets folded (fold.py)
 
 
 class Phase:
@@ -193,16 +196,19 @@ class Phase:
         dispatch(ctx.callbacks, "on_phase_start", self.name, {"config": cfg.as_dict(),
                                                               **counts})
         bs = cfg.batch_size
-        result = fit(plan.model, lambda g: plan.train(g, bs), plan.validate, cfg,
-                     param_groups=groups, steps_per_epoch=max(1, math.ceil(plan.n / bs)),
-                     phase=self.name,
-                     progress=ctx.session.progress, checkpoint=ctx.checkpoint(self.name),
-                     resume=ctx.resume, callbacks=ctx.callbacks,
-                     fingerprint={**ctx.fingerprint, "phase": self.name,
-                                  "settings": cfg.as_dict()},
-                     runtime=ctx.runtime if self.needs_network and plan.runtime else None,
-                     dist=ctx.dist if self.needs_network else None,
-                     keep_start=ctx.previous is not None)
+        folding = (folded_batchnorm(plan.model, plan.example) if plan.example is not None
+                   else nullcontext())
+        with folding:
+            result = fit(plan.model, lambda g: plan.train(g, bs), plan.validate, cfg,
+                         param_groups=groups, steps_per_epoch=max(1, math.ceil(plan.n / bs)),
+                         phase=self.name, progress=ctx.session.progress,
+                         checkpoint=ctx.checkpoint(self.name), resume=ctx.resume,
+                         callbacks=ctx.callbacks,
+                         fingerprint={**ctx.fingerprint, "phase": self.name,
+                                      "settings": cfg.as_dict()},
+                         runtime=ctx.runtime if self.needs_network and plan.runtime else None,
+                         dist=ctx.dist if self.needs_network else None,
+                         keep_start=ctx.previous is not None)
         if self.needs_network and ctx.session.network_built:
             ctx.session.model.to("cpu")  # saved, evaluated and exported from the CPU
         return result, cfg, counts

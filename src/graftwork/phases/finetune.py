@@ -93,6 +93,7 @@ class Finetune(Phase):
         s = ctx.session
         model = s.model
         n = len(ctx.splits.train)
+        size = int(s.preprocessing["image_size"])  # an example batch, to fold BN (fold.py)
         parts = split_or_none(model.backbone, self.unfreeze(ctx)) \
             if uses_engine(ctx) else None
         if parts is None:
@@ -102,9 +103,11 @@ class Finetune(Phase):
                 validate = lambda: evaluate(  # noqa: E731
                     model, s.image_batches(ctx.splits.val, tf, None, 64), ctx.runtime)
             model.to(memory_format=torch.channels_last)
-            if ctx.runtime is not None:
-                model.to(ctx.runtime.device)
-            return PhasePlan(model, augmented_batches(ctx), validate, n)
+            device = ctx.runtime.device if ctx.runtime is not None else torch.device("cpu")
+            model.to(device)
+            example = torch.randn(2, 3, size, size, device=device)
+            return PhasePlan(model, augmented_batches(ctx), validate, n,
+                             example=example.contiguous(memory_format=torch.channels_last))
         prefix, suffix = parts
         runner = bind_prefix(prefix, model, s.preprocessing, s.cache(), s.engine,
                              planned_images(ctx, self))
@@ -113,7 +116,8 @@ class Finetune(Phase):
         return PhasePlan(OnEngine(runner, tail, model, gate),
                          pixel_batches(s, ctx.splits.train, ctx.params.get("augment"),
                                        ctx.params.get("augment_policy"), gate),
-                         self._validation(ctx, runner, tail), n)
+                         self._validation(ctx, runner, tail), n,
+                         example=torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8))
 
     @staticmethod
     def _validation(ctx: PhaseContext, runner: Any, tail: nn.Module) -> Any:
