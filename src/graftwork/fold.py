@@ -5,8 +5,8 @@ affine map per channel: ``y = (x - mean) / sqrt(var + eps) * gamma + beta``. Aft
 convolution it can be folded into the convolution's weights, ``W' = W * s`` and
 ``b' = beta - mean * s`` with ``s = gamma / sqrt(var + eps)``, which is the same function with the
 same gradients for ``W``, ``gamma`` and ``beta``, computed on the small weight tensors instead of
-on every activation. On a CPU the BN forward and backward passes were a quarter of a
-fine-tuning step (bench/results.md).
+on every activation. In a torch profile of an efficientnet_lite0 training step at 160 px on
+a 2-core CPU, BN's forward and backward passes took about a quarter of the step.
 
 :func:`folded_batchnorm` swaps each conv → inference-mode BN pair of a module for a folded pair
 while training runs and restores the original layers afterwards. The folded layers hold the
@@ -18,6 +18,7 @@ nothing is folded when they disagree.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 _TOLERANCE = 1e-3  # max |difference| relative to the output's scale, on the example batch
 
 
+@functools.cache
 def _bn_types() -> tuple[type, ...]:
     """BN classes whose inference forward is known: torch's, and timm's BN + activation."""
     types: list[type] = [nn.BatchNorm2d]
@@ -142,10 +144,8 @@ def foldable_pairs(module: nn.Module, example: Any) -> list[tuple[str, str]]:
 
 
 def _swap(module: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, attr = name.rpartition(".")
-    parent = module.get_submodule(parent_name)
-    old = parent._modules[attr]
-    parent._modules[attr] = new
+    old = module.get_submodule(name)
+    module.set_submodule(name, new)
     return old
 
 
@@ -169,14 +169,20 @@ def folded_batchnorm(module: nn.Module, example: Any) -> Iterator[int]:
     if pairs:
         was_training = module.training
         module.eval()
-        with torch.no_grad():
-            want = module(example).float()
-            for conv_name, bn_name in pairs:
-                conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
-                originals.append((conv_name, _swap(module, conv_name, _FoldedConv(conv, bn))))
-                originals.append((bn_name, _swap(module, bn_name, _FoldedBN(bn))))
-            got = module(example).float()
-        module.train(was_training)
+        try:
+            with torch.no_grad():
+                want = module(example).float()
+                for conv_name, bn_name in pairs:
+                    conv, bn = module.get_submodule(conv_name), module.get_submodule(bn_name)
+                    originals.append((conv_name, _swap(module, conv_name,
+                                                       _FoldedConv(conv, bn))))
+                    originals.append((bn_name, _swap(module, bn_name, _FoldedBN(bn))))
+                got = module(example).float()
+        except Exception:
+            undo()  # never leave the module half-swapped
+            raise
+        finally:
+            module.train(was_training)
         err = (got - want).abs().max().item() / max(1.0, want.abs().max().item())
         if err > _TOLERANCE:
             log.info("BN folding skipped: folded output differs by %.2g", err)
