@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from graftwork import cli as cli_module
 from graftwork.cli import main
 from graftwork.data import train_transform
 from graftwork.model import bn_layers
-from tests.conftest import TINY
+from tests.conftest import TINY, make_image_folder
 
 
 def test_ladder_runs_three_phases_warm_started(tiny_data: Path, cache_dir: str) -> None:
@@ -27,6 +28,30 @@ def test_ladder_runs_three_phases_warm_started(tiny_data: Path, cache_dir: str) 
     assert t["finetune"]["bn_buffers"] > 0  # counted apart from weights
     assert clf.best_phase_ in ("extract", "frozen", "finetune")
     assert clf.metrics_["phases"] == clf.phases_
+
+
+def test_ladder_skips_the_frozen_rung_where_the_benchmark_says_it_does_not_pay(
+        tmp_path: Path, cache_dir: str) -> None:
+    """From 150 training images per class the ladder goes extract -> finetune and says why;
+    asked for alone, frozen still runs."""
+    from graftwork.cli import final_summary
+    from graftwork.phases.frozen import Frozen
+
+    per_class = Frozen.skip_from_per_class
+    data = make_image_folder(tmp_path / "d", classes=2, size=8,
+                             counts={"train": per_class, "val": 2, "test": 2})
+    clf = ImageClassifier(**TINY, strategy="ladder", epochs=1, cache_dir=cache_dir).fit(data)
+    assert [p["phase"] for p in clf.phases_] == ["extract", "finetune"]
+    assert clf.phases_[1]["warm_start"] == "extract"
+    why = clf.metrics_["skipped_phases"]["frozen"]
+    assert f"{per_class} training images per class" in why
+    assert f"frozen: skipped ({why})" in final_summary(clf, tmp_path / "out")
+    alone = ImageClassifier(**TINY, strategy="frozen", epochs=1, cache_dir=cache_dir).fit(data)
+    assert [p["phase"] for p in alone.phases_] == ["frozen"]
+    assert "skipped_phases" not in alone.metrics_
+    fewer = SimpleNamespace(splits=SimpleNamespace(train=[None] * (2 * per_class - 1),
+                                                   classes=["a", "b"]))
+    assert Frozen().skip(fewer, 0.5) is None  # type: ignore[arg-type]
 
 
 def test_frozen_phase_warm_start_keeps_head(tiny_data: Path, cache_dir: str) -> None:

@@ -112,10 +112,15 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
         ctx.fingerprint = fingerprint(params, splits)
     clf.classes_, clf.splits_, clf.session_ = splits.classes, splits, session
     clf.pretrained_weights_, clf.preprocessing_ = backbone.weights, preprocessing
-    clf.phases_, clf.trainable_, clf.phase_configs_ = [], {}, {}
+    clf.phases_, clf.trainable_, clf.phase_configs_, clf.skipped_phases_ = [], {}, {}, {}
     best: tuple[float, float, str, dict[str, torch.Tensor], bool] | None = None
     sequence = params["strategy"] in SEQUENCES
-    for phase in phases:
+    for i, phase in enumerate(phases):
+        why = phase.skip(ctx, best[0] if best else None) if sequence and i else None
+        if why:
+            log.info("%s skipped: %s", phase.name, why)
+            clf.skipped_phases_[phase.name] = why
+            continue
         start = ctx.previous
         if sequence and best is not None and best[2] != ctx.previous:
             # a rung that did not improve validation is not climbed from: the next phase
@@ -263,6 +268,8 @@ def _final_metrics(clf: ImageClassifier, session: Session, splits: Splits,
         clf.test_predictions_ = prediction_rows(clf.classes_, splits.test, logits, ok)
     metrics.update(phases=clf.phases_, bn=clf.bn_, skipped=len(session.skipped),
                    wall_time_s=round(seconds, 2), features=session.extract_stats)
+    if clf.skipped_phases_:
+        metrics["skipped_phases"] = dict(clf.skipped_phases_)
     return metrics
 
 

@@ -238,6 +238,8 @@ def final_summary(clf: Any, out: Path) -> str:
         if kept:
             lines.append(f"{', '.join(kept)}: no epoch beat the starting weights on validation "
                          "(best_epoch 0); kept them")
+    for phase, why in (m.get("skipped_phases") or {}).items():
+        lines.append(f"{phase}: skipped ({why})")
     val, test = m.get("val", {}), m.get("test", {})
     if val:
         lines.append(f"val accuracy  {val['accuracy']:.4f}  loss {val['loss']:.4f}")

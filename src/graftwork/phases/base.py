@@ -9,7 +9,8 @@ A phase says
 - what batches it sees (``batches``: training batches, validation),
 - how it warm-starts from the previous phase (``warm_start``; the default keeps the head),
 - whether it changes backbone weights (``changes_backbone``: then cached features no longer
-  describe the model, and BatchNorm statistics may need recalibrating).
+  describe the model, and BatchNorm statistics may need recalibrating),
+- in a sequence (the ladder), whether the rung is worth running at all (``skip``).
 
 ``run`` strings these together around the shared training loop. Register a phase with
 ``graftwork.phases.register_phase``.
@@ -170,6 +171,12 @@ class Phase:
     def batches(self, ctx: PhaseContext) -> PhasePlan:
         """What the phase trains on (see :class:`PhasePlan`)."""
         raise NotImplementedError
+
+    def skip(self, ctx: PhaseContext, best_val_accuracy: float | None) -> str | None:
+        """In a sequence (the ladder), why this rung does not pay for the data and is not run,
+        or None (the default): it runs. ``best_val_accuracy``: the best rung's so far. Asked
+        for alone (``strategy=<name>``) a phase always runs."""
+        return None
 
     def warm_start(self, ctx: PhaseContext) -> None:
         """Start from the previous phase's weights (default: the shared head carries over)."""

@@ -170,6 +170,10 @@ def _ladder_section(run: Run) -> str:
     note = ('<p class="muted">One row per training phase; the best validation accuracy is '
             "highlighted. A phase that starts from trained weights (warm start) keeps them when "
             "no epoch beats them on validation: its best epoch is then 0.</p>")
+    skipped = run.metrics.get("skipped_phases")
+    if isinstance(skipped, Mapping) and skipped:
+        note += "".join(f'<p class="muted">{_e(str(k))} skipped: {_e(str(v))}.</p>'
+                        for k, v in skipped.items())
     is_ladder = run.config.get("strategy") == "ladder" or len(phases) > 1
     return _section("ladder", "Strategy ladder" if is_ladder else "Phases", note + table)
 
