@@ -79,6 +79,20 @@ def test_train_mode_batchnorm_is_not_folded() -> None:
     assert len(foldable_pairs(model, torch.randn(2, 3, 32, 32))) == len(bn_layers(model))
 
 
+def test_looking_for_pairs_leaves_running_statistics_alone() -> None:
+    """BN layers in training mode (train_bn) see the example batch: their running statistics
+    and batch counts must not move (bench/fold_probe.py once showed a plain module drift)."""
+    model = _graft(train_bn=True)
+    freeze_backbone(model.backbone, "all")
+    before = {n: b.clone() for n, b in model.named_buffers()}
+    with folded_batchnorm(model, torch.randn(2, 3, 32, 32) * 5 + 3) as folded:
+        assert folded == 0
+    after = dict(model.named_buffers())
+    assert before.keys() == after.keys()
+    for name, buffer in before.items():
+        assert torch.equal(buffer, after[name]), name
+
+
 class _Shared(nn.Module):
     """A convolution whose output feeds its BN and also the sum: not foldable."""
 

@@ -130,6 +130,9 @@ def foldable_pairs(module: nn.Module, example: Any) -> list[tuple[str, str]]:
 
     was_training = module.training
     module.train()  # the BN policy decides which BN layers stay in inference mode
+    # BN layers the policy leaves in training mode would fold the example batch into their
+    # running statistics: every buffer is put back as it was
+    buffers = [(b, b.clone()) for b in module.buffers()]
     hooks = [m.register_forward_hook(on_conv) for m in module.modules() if _foldable_conv(m)]
     hooks += [m.register_forward_pre_hook(on_bn) for m in module.modules()
               if isinstance(m, _bn_types())]
@@ -139,6 +142,9 @@ def foldable_pairs(module: nn.Module, example: Any) -> list[tuple[str, str]]:
     finally:
         for h in hooks:
             h.remove()
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
         module.train(was_training)
     return pairs
 
