@@ -6,7 +6,8 @@ convolution it can be folded into the convolution's weights, ``W' = W * s`` and
 ``b' = beta - mean * s`` with ``s = gamma / sqrt(var + eps)``, which is the same function with the
 same gradients for ``W``, ``gamma`` and ``beta``, computed on the small weight tensors instead of
 on every activation. In a torch profile of an efficientnet_lite0 training step at 160 px on
-a 2-core CPU, BN's forward and backward passes took about a quarter of the step.
+a 2-core CPU, BN's forward and backward passes took about a quarter of the step;
+``bench/fold_probe.py`` measures the step folded and not, in one run.
 
 :func:`folded_batchnorm` swaps each conv → inference-mode BN pair of a module for a folded pair
 while training runs and restores the original layers afterwards. The folded layers hold the

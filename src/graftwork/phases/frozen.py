@@ -37,8 +37,8 @@ class Frozen(Phase):
     description = "the head on augmented images through the frozen backbone"
     defaults = PhaseDefaults(epochs=8, lr=1e-3, optimizer="adam", schedule="none", patience=4)
     # In the ladder, from this many training images per class the rung is skipped: at 200 per
-    # class (Fashion-MNIST, bench/quality.md) no epoch beat the extraction head on any seed
-    # (+0.0 points, 3 of 3 ties) and it cost ~100 s per seed; below, it paid up to +0.9
+    # class (fmnist-2000 in bench/quality.md as of commit 07c29af) no epoch beat the extraction
+    # head on any seed (+0.0 points, 3 of 3 ties) for ~100 s per seed; below, it paid up to +0.9
     skip_from_per_class: ClassVar[int] = 150
 
     def skip(self, ctx: PhaseContext, best_val_accuracy: float | None) -> str | None:
@@ -46,7 +46,7 @@ class Frozen(Phase):
         if per_class < self.skip_from_per_class:
             return None
         return (f"{per_class:.0f} training images per class; from {self.skip_from_per_class} "
-                "the quality benchmark measured no gain over extraction (bench/quality.md); "
+                "graftwork's quality benchmark measured no gain from it over extraction; "
                 "--strategy frozen runs it alone")
 
     def trainable(self, ctx: PhaseContext) -> None:
