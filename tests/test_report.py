@@ -111,6 +111,7 @@ def make_run(root: Path, name: str = "run1", *, created: str = "2024-05-01T10:00
                               {"name": "bn1", "distance": 3.5}]},
         "wall_time_s": 92.75,
         "skipped": 1,
+        "skipped_phases": {"frozen": "200 <i>training</i> images per class"},
     }
     if test_acc is not None:
         metrics["test"] = {"accuracy": test_acc, "loss": 0.9}
@@ -548,6 +549,7 @@ def test_report_ladder_table(built: tuple[Path, str]) -> None:
     assert ladder.index("extract") < ladder.index("finetune")
     assert '<tr class="best"><td>finetune</td>' in ladder
     assert "0.8750" in ladder and "1m 20s" in ladder
+    assert "frozen skipped: 200 &lt;i&gt;training&lt;/i&gt; images per class." in ladder
 
 
 def test_report_is_self_contained(built: tuple[Path, str]) -> None:
@@ -734,3 +736,13 @@ def test_report_renders_in_chromium(built: tuple[Path, str], tmp_path: Path) -> 
     console_errors = [line for line in proc.stderr.splitlines()
                       if "CONSOLE" in line and ("ERROR" in line or "Uncaught" in line)]
     assert not console_errors, console_errors
+
+
+def test_report_ignores_a_damaged_skipped_phases_entry(tmp_path: Path) -> None:
+    run = make_run(tmp_path)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics["skipped_phases"] = ["frozen"]  # edited by hand: not a mapping
+    (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    page = report.build_report(run).read_text(encoding="utf-8")
+    ladder = page.split('id="ladder"')[1].split("</section>")[0]
+    assert "skipped:" not in ladder and "finetune" in ladder
