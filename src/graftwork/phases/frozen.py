@@ -3,9 +3,9 @@ layers in inference mode). On a CPU the backbone runs on the inference engine (O
 where installed) and only the head runs in torch; elsewhere the whole model runs in torch."""
 from __future__ import annotations
 
-import torch
-
 from typing import ClassVar
+
+import torch
 
 from graftwork.data import train_transform
 from graftwork.features import bind_backbone
