@@ -43,3 +43,12 @@ def test_targets_with_and_without_the_frozen_rung(frozen: bool) -> None:
     assert cells[2] == ("81.0" if frozen else "skipped by the ladder")
     assert cells[4] == ("yes" if frozen else "skipped (no gain at this size)")
     assert cells[6] == "+3.0 met"
+
+
+def test_a_gain_just_below_two_points_is_not_shown_as_two() -> None:
+    configs = [{"name": "extract", "strategy": "extract"}, {"name": "ladder", "strategy": "ladder"}]
+    fits = [{"config": "extract", "seed": 0, "status": "ok", "val": 0.8, "test": 0.8,
+             "seconds": 1.0}, _ladder(0, frozen=True)]
+    fits[1]["phases"][-1]["test_accuracy"] = 0.8197  # +1.97 points
+    table = "\n".join(quality_report.targets_table({"ds": quality_report.rows_of(fits, configs)}))
+    assert "+1.97 not met" in table
