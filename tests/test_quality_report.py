@@ -52,3 +52,17 @@ def test_a_gain_just_below_two_points_is_not_shown_as_two() -> None:
     fits[1]["phases"][-1]["test_accuracy"] = 0.8197  # +1.97 points
     table = "\n".join(quality_report.targets_table({"ds": quality_report.rows_of(fits, configs)}))
     assert "+1.97 not met" in table
+
+
+def test_exactly_two_points_is_met_despite_float_error() -> None:
+    configs = [{"name": "extract", "strategy": "extract"}, {"name": "ladder", "strategy": "ladder"}]
+    fits = []
+    for seed, (ex, ft) in enumerate([(0.81, 0.831), (0.81, 0.847), (0.812, 0.814)]):
+        lad = _ladder(seed, frozen=True)
+        lad["phases"][0]["test_accuracy"] = ex
+        lad["phases"][1]["test_accuracy"] = ex
+        lad["phases"][-1]["test_accuracy"] = ft
+        fits += [{"config": "extract", "seed": seed, "status": "ok", "val": 0.8, "test": ex,
+                  "seconds": 1.0}, lad]
+    table = "\n".join(quality_report.targets_table({"ds": quality_report.rows_of(fits, configs)}))
+    assert "+2.0 met" in table
