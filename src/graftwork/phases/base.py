@@ -221,6 +221,12 @@ class Phase:
         return result, cfg, counts
 
 
+def images_per_class(splits: Splits) -> float:
+    """Training images per class: what data-size rules (``unfreeze="auto"``, the ladder's
+    ``skip``) depend on."""
+    return len(splits.train) / max(1, len(splits.classes))
+
+
 def feature_batch_size(batch_size: int, n_train: int, cap: int = 256) -> int:
     """Batch size for a head on in-memory features: ~20+ steps per epoch, at most ``cap``.
 

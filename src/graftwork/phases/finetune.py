@@ -18,7 +18,8 @@ from graftwork.features.pipeline import Gate
 from graftwork.model import freeze_backbone, resolve_unfreeze
 from graftwork.phases._engine import (OnEngine, bind_prefix, identity_runner, pixel_batches,
                                       split_or_none, uses_engine)
-from graftwork.phases.base import Phase, PhaseContext, PhaseDefaults, PhasePlan
+from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
+                                   images_per_class)
 from graftwork.phases.frozen import augmented_batches, planned_images
 from graftwork.training import TrainConfig, evaluate
 
@@ -40,17 +41,12 @@ class Finetune(Phase):
     warmup = ("extract",)
     changes_backbone = True
 
-    @staticmethod
-    def _per_class(ctx: PhaseContext) -> float:
-        """Training images per class (what ``unfreeze="auto"`` depends on)."""
-        return len(ctx.splits.train) / max(1, len(ctx.splits.classes))
-
     @classmethod
     def unfreeze(cls, ctx: PhaseContext) -> int | str:
         """The ``unfreeze`` parameter, ``"auto"`` resolved for this backbone and the number of
         training images per class."""
         return resolve_unfreeze(ctx.session.model.backbone, ctx.params.get("unfreeze", "auto"),
-                                cls._per_class(ctx))
+                                images_per_class(ctx.splits))
 
     def check(self, ctx: PhaseContext) -> None:
         unfreeze = self.unfreeze(ctx)
@@ -69,7 +65,7 @@ class Finetune(Phase):
         ctx.session.unfrozen_blocks = freeze_backbone(backbone, unfreeze)
         if ctx.params.get("unfreeze", "auto") == "auto":
             spec = backbone.spec
-            why = (f"{self._per_class(ctx):.0f} training images per class; every block "
+            why = (f"{images_per_class(ctx.splits):.0f} training images per class; every block "
                    f"from {spec.finetune_all_from}"
                    if spec.finetune_all_from is not None else "this backbone's default")
             log.info("unfreeze=auto: %s of %d blocks train (%s)",

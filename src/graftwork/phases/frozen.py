@@ -12,7 +12,8 @@ from graftwork.features import bind_backbone
 from graftwork.features.pipeline import Gate
 from graftwork.model import freeze_backbone
 from graftwork.phases._engine import OnEngine, pixel_batches, uses_engine
-from graftwork.phases.base import Phase, PhaseContext, PhaseDefaults, PhasePlan
+from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
+                                   images_per_class)
 from graftwork.training import evaluate, tensor_batches
 
 __all__ = ["Frozen", "augmented_batches"]
@@ -42,7 +43,7 @@ class Frozen(Phase):
     skip_from_per_class: ClassVar[int] = 150
 
     def skip(self, ctx: PhaseContext, best_val_accuracy: float | None) -> str | None:
-        per_class = len(ctx.splits.train) / max(1, len(ctx.splits.classes))
+        per_class = images_per_class(ctx.splits)
         if per_class < self.skip_from_per_class:
             return None
         return (f"{per_class:.0f} training images per class; from {self.skip_from_per_class} "
