@@ -6,6 +6,7 @@ import statistics
 from typing import Any
 
 BASELINE = "extract"
+LADDER_SKIP = "skipped by the ladder"  # status of a rung the ladder did not run (Phase.skip)
 PHASE_LABEL = {"extract": "ladder: extract rung", "frozen": "ladder: frozen rung",
                "finetune": "ladder: finetune rung (from the best rung so far)"}
 
@@ -38,7 +39,7 @@ def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[s
                         add(label, seed, "ok", ph["best_val_accuracy"], ph["test_accuracy"],
                             ph["wall_time_s"])
                     elif status == "ok" and why:
-                        add(label, seed, f"skipped by the ladder: {why}")
+                        add(label, seed, f"{LADDER_SKIP}: {why}")
                     else:
                         add(label, seed, status)
                 name = f"{cfg['name']} (its pick)"
@@ -143,7 +144,7 @@ def _mean_test(row: dict[str, Any] | None) -> float | None:
 
 def _skipped_by_ladder(row: dict[str, Any] | None) -> bool:
     statuses = (row or {}).get("status", [])
-    return bool(statuses) and all(st.startswith("skipped by the ladder") for st in statuses)
+    return bool(statuses) and all(st.startswith(LADDER_SKIP) for st in statuses)
 
 
 def targets_table(all_rows: dict[str, dict[str, dict[str, Any]]],
@@ -169,7 +170,7 @@ def targets_table(all_rows: dict[str, dict[str, dict[str, Any]]],
         gain_text = f"{shown} " + (("met" if met else "not met") if room
                                    else "(no room: extract ≥ 97%)")
         if fr is None:  # the alternative: the ladder skips a rung that does not pay
-            fr_cell, fr_ok, below = "skipped by the ladder", "skipped (no gain at this size)", ex
+            fr_cell, fr_ok, below = LADDER_SKIP, "skipped (no gain at this size)", ex
         else:
             fr_cell, fr_ok, below = f"{fr:.1f}", "yes" if fr >= ex else "no", fr
         out.append(f"| {ds} | {ex:.1f} | {fr_cell} | {ft:.1f} | {fr_ok} | "
