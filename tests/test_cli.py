@@ -96,7 +96,8 @@ def test_train_help_states_the_defaults_the_code_has() -> None:
     options = {p.name: p.help or "" for p in main.commands["train"].params}
     spec = bbs.get_spec("efficientnet_lite0")
     assert f"efficientnet_lite* the last {spec.finetune_blocks}," in options["unfreeze"]
-    assert f"from {spec.finetune_all_from} training images per class" in options["unfreeze"]
+    assert (f"the last {spec.finetune_more_blocks} from {spec.finetune_more_from} training "
+            "images per class" in options["unfreeze"])
     decays = {n: c.defaults.weight_decay for n, c in PHASES.items()}
     assert {n for n, d in decays.items() if d} == {"finetune"}
     finetune = PHASES["finetune"].defaults
@@ -135,11 +136,14 @@ def test_backbones_checked_params_and_feature_dim(monkeypatch: pytest.MonkeyPatc
     assert table.exit_code == 0
     header = table.output.splitlines()[0].split()
     assert header == ["name", "arch", "params", "feature_dim", "input_size", "blocks",
-                      "unfreeze_auto", "all_from_per_class", "offline_weights"]
+                      "unfreeze_auto", "unfreeze_auto_more", "more_from_per_class",
+                      "offline_weights"]
     assert rows["mobilenet_v2"]["unfreeze_auto"] == 5
-    assert rows["mobilenet_v2"]["all_from_per_class"] is None  # unmeasured: never "all"
-    lite = rows["efficientnet_lite0"]["all_from_per_class"]
-    assert lite is not None and lite == bbs.get_spec("efficientnet_lite0").finetune_all_from
+    assert rows["mobilenet_v2"]["more_from_per_class"] is None  # unmeasured: never more
+    spec = bbs.get_spec("efficientnet_lite0")
+    lite = rows["efficientnet_lite0"]
+    assert lite["more_from_per_class"] == spec.finetune_more_from is not None
+    assert lite["unfreeze_auto_more"] == spec.finetune_more_blocks
     assert "Any timm architecture name works too" in table.output
 
 

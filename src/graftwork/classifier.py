@@ -39,8 +39,8 @@ class ImageClassifier(ParamsMixin):
 
     Strategies (``graftwork.phases``): ``extract`` (head on cached features), ``frozen``
     (frozen backbone, head on augmented images), ``finetune`` (warm head, last ``unfreeze``
-    blocks trained with a small learning rate; ``"auto"``: the backbone's count, or every block
-    from its ``finetune_all_from`` training images per class), ``ladder`` (all three, each
+    blocks trained with a small learning rate; ``"auto"``: the backbone's count, or its
+    ``finetune_more_blocks`` from its ``finetune_more_from`` training images per class), ``ladder`` (all three, each
     warm-starting the next; the best by validation is kept). ``epochs``/``lr``/``optimizer``/
     ``schedule``/``patience``/``weight_decay`` left as None take each phase's defaults;
     ``phase_options`` sets them for one phase (``{"finetune": {"lr": 1e-4, "epochs": 12}}``).

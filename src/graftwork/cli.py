@@ -106,7 +106,7 @@ def _skip_final_gc() -> None:
               help="Head dropout (default: 0.5 for mlp, none for linear).")
 @click.option("--unfreeze", default="auto", show_default=True,
               help="Last N blocks, 'all', or 'auto' (the backbone's default: for "
-              "efficientnet_lite* the last 4, every block from 150 training images per class; "
+              "efficientnet_lite* the last 4, the last 6 from 150 training images per class; "
               "see `graft backbones`).")
 @click.option("--phase-option", "phase_option", multiple=True, metavar="PHASE.SETTING=VALUE",
               help="A setting for one phase only, e.g. finetune.lr=1e-4 (settings: epochs, lr, "

@@ -52,16 +52,17 @@ class GraftModel(nn.Module):
 
 def resolve_unfreeze(backbone: Backbone, unfreeze: int | str,
                      per_class: float | None = None) -> int | str:
-    """``unfreeze`` with ``"auto"`` replaced: ``"all"`` when the training set has at least the
-    backbone's ``finetune_all_from`` images per class (``per_class``), else its
-    ``finetune_blocks`` (at most its number of blocks)."""
+    """``unfreeze`` with ``"auto"`` replaced: the backbone's ``finetune_more_blocks`` when the
+    training set has at least its ``finetune_more_from`` images per class (``per_class``), else
+    its ``finetune_blocks`` (a count: at most its number of blocks)."""
     if unfreeze != "auto":
         return unfreeze
     spec = backbone.spec
-    if (spec.finetune_all_from is not None and per_class is not None
-            and per_class >= spec.finetune_all_from):
-        return "all"
-    return min(spec.finetune_blocks, len(backbone.block_param_names()))
+    blocks: int | str = spec.finetune_blocks
+    if (spec.finetune_more_from is not None and per_class is not None
+            and per_class >= spec.finetune_more_from):
+        blocks = spec.finetune_more_blocks
+    return blocks if blocks == "all" else min(int(blocks), len(backbone.block_param_names()))
 
 
 def freeze_backbone(backbone: Backbone, unfreeze: int | str = 0) -> list[str]:

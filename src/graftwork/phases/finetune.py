@@ -30,6 +30,10 @@ log = logging.getLogger(__name__)
 _VAL_MAPS_MAX_BYTES = 512 * 2**20  # precomputed validation maps kept in memory up to this
 
 
+def _blocks(n: int | str) -> str:
+    return "every block" if n == "all" else f"{n} block{'' if n == 1 else 's'}"
+
+
 class Finetune(Phase):
     name = "finetune"
     description = "the head and the last --unfreeze blocks, small learning rate"
@@ -65,9 +69,10 @@ class Finetune(Phase):
         ctx.session.unfrozen_blocks = freeze_backbone(backbone, unfreeze)
         if ctx.params.get("unfreeze", "auto") == "auto":
             spec = backbone.spec
-            why = (f"{images_per_class(ctx.splits):.0f} training images per class; every block "
-                   f"from {spec.finetune_all_from}"
-                   if spec.finetune_all_from is not None else "this backbone's default")
+            why = (f"{images_per_class(ctx.splits):.0f} training images per class; "
+                   f"{_blocks(spec.finetune_blocks)}, {_blocks(spec.finetune_more_blocks)} from "
+                   f"{spec.finetune_more_from}"
+                   if spec.finetune_more_from is not None else "this backbone's default")
             log.info("unfreeze=auto: %s of %d blocks train (%s)",
                      len(ctx.session.unfrozen_blocks), len(backbone.block_param_names()), why)
 
