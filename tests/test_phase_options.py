@@ -24,6 +24,34 @@ def test_phase_options_apply_to_their_phase_only() -> None:
     assert ex.epochs == 3 and ex.optimizer == "adam" and ex.lr != 5e-5
 
 
+def test_finetune_rate_is_smaller_below_its_small_data_size() -> None:
+    """Below ``Finetune.small_data[0]`` images per class the default rate is the smaller one;
+    a rate the user gives (for every phase or for finetune) always wins."""
+    below, small = Finetune.small_data
+    default = Finetune.defaults.lr
+    assert small < default
+    ft = Finetune()
+    assert ft.config({}, 1000, per_class=below).lr == default
+    assert ft.config({}, 1000, per_class=below - 1).lr == small
+    assert ft.config({}, 1000).lr == default  # size unknown: the plain default
+    assert ft.config({"lr": 1e-3}, 10, per_class=1).lr == 1e-3
+    assert ft.config({"phase_options": {"finetune": {"lr": 3e-3}}}, 10, per_class=1).lr == 3e-3
+    assert Extract().config({}, 10, per_class=1).lr == Extract().config({}, 10).lr
+
+
+def test_fit_passes_images_per_class_to_the_phase_settings(tiny_data: Path, cache_dir: str,
+                                                           caplog: pytest.LogCaptureFixture
+                                                           ) -> None:
+    """tiny_data has 8 training images per class: the fit uses (and logs) the small-data rate."""
+    with caplog.at_level(logging.INFO, logger="graftwork.phases.finetune"):
+        clf = ImageClassifier(**TINY, strategy="finetune", epochs=1,
+                              cache_dir=cache_dir).fit(tiny_data)
+    below, small = Finetune.small_data
+    assert clf.phase_configs_["finetune"].lr == small
+    assert (f"finetune: learning rate {small:g} (8 training images per class; "
+            f"{Finetune.defaults.lr:g} from {below})") in caplog.text
+
+
 def test_weight_decay_phase_option_shrinks_the_weights(tiny_data: Path, cache_dir: str) -> None:
     """``weight_decay`` reaches the optimizer of its phase only: with a huge decay and the
     same seed, the fine-tuned weights end smaller than without it; extraction is unchanged."""

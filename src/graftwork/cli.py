@@ -91,7 +91,8 @@ def _skip_final_gc() -> None:
 @click.option("--image-size", type=click_type("image_size"), default=None)
 @click.option("--batch-size", type=click_type("batch_size"), default=32, show_default=True)
 @click.option("--lr", type=click_type("lr"), default=None,
-              help="Learning rate (default per phase).")
+              help="Learning rate (default per phase; finetune: 5e-4, 2e-4 below 40 "
+              "training images per class).")
 @click.option("--optimizer", type=click.Choice(OPTIMIZERS),
               default=None)
 @click.option("--schedule", type=click.Choice(SCHEDULES), default=None,

@@ -151,9 +151,11 @@ class Phase:
         if ctx.session.network_built:
             freeze_backbone(ctx.session.model.backbone, 0)
 
-    def config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
+    def config(self, params: Mapping[str, Any], n_train: int,
+               per_class: float | None = None) -> TrainConfig:
         """The phase's settings: the user's where given (``phase_options`` for this phase
-        first), else ``defaults``."""
+        first), else ``defaults`` (which a phase may adapt to ``n_train`` training images,
+        ``per_class`` per class)."""
         p, d = phase_params(params, self.name), self.defaults
         return TrainConfig(epochs=p.get("epochs") or d.epochs, lr=p.get("lr") or d.lr,
                            optimizer=p.get("optimizer") or d.optimizer,
@@ -196,7 +198,7 @@ class Phase:
         if self.changes_backbone:
             ctx.session.pristine = False
         plan = self.batches(ctx)
-        cfg = self.config(ctx.params, plan.n)
+        cfg = self.config(ctx.params, plan.n, images_per_class(ctx.splits))
         if ctx.class_weights is not None:
             cfg = replace(cfg, class_weights=ctx.class_weights)
         groups = self.param_groups(ctx, cfg)

@@ -44,9 +44,10 @@ class Extract(Phase):
     defaults = PhaseDefaults(epochs=40, lr=1e-3, optimizer="adam", schedule="none", patience=8)
     needs_network = False
 
-    def config(self, params: Mapping[str, Any], n_train: int) -> TrainConfig:
+    def config(self, params: Mapping[str, Any], n_train: int,
+               per_class: float | None = None) -> TrainConfig:
         """Larger batches on big data (~n/20, <= 256) with a square-root-scaled Adam rate."""
-        cfg = super().config(params, n_train)
+        cfg = super().config(params, n_train, per_class)
         batch = feature_batch_size(cfg.batch_size, n_train)
         given = phase_params(params, self.name).get("lr")
         lr = cfg.lr if given else sqrt_scaled_lr(cfg.lr, batch, cfg.batch_size)
