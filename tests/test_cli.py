@@ -104,8 +104,9 @@ def test_train_help_states_the_defaults_the_code_has() -> None:
     assert (f"finetune {finetune.weight_decay:g} with {finetune.optimizer}, else 0"
             in options["weight_decay"])
     below, small = PHASES["finetune"].small_data
-    assert (f"finetune: {finetune.lr:g}, {small:g} below {below} training images per class"
-            in " ".join(options["lr"].split()))
+    sci = lambda x: "e".join(str(int(part)) for part in f"{x:.0e}".split("e"))  # noqa: E731
+    assert (f"finetune: {sci(finetune.lr)}, {sci(small)} below {below} training images per "
+            "class" in " ".join(options["lr"].split()))
 
 
 # ------------------------------------------------------------------------------- backbones
