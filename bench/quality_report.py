@@ -11,11 +11,18 @@ PHASE_LABEL = {"extract": "ladder: extract rung", "frozen": "ladder: frozen rung
                "finetune": "ladder: finetune rung (from the best rung so far)"}
 
 
+def rung_label(config: str, phase: str) -> str:
+    """The row of one rung of a ladder config."""
+    return PHASE_LABEL[phase] if config == "ladder" else f"{config}: {phase} rung"
+
+
 def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Table rows of one dataset: row name -> {status, per-seed val/test/seconds}.
 
     A ``ladder`` fit gives four rows: its three rungs (best val accuracy of the phase, test
     accuracy right after the phase, the phase's training time) and its pick (final metrics).
+    The rungs of the ``ladder`` config are ``PHASE_LABEL``'s rows (the Targets table's); a
+    variant's (``ladder, precision=bf16``) are rows of their own, added only when it ran.
     """
     rows: dict[str, dict[str, Any]] = {}
 
@@ -30,9 +37,10 @@ def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[s
 
     for cfg in configs:
         for fit in (f for f in fits if f["config"] == cfg["name"]):
-            seed, status = fit["seed"], fit["status"]
+            seed, status, name = fit["seed"], fit["status"], cfg["name"]
             if cfg["strategy"] == "ladder":
-                for phase, label in PHASE_LABEL.items():
+                for phase in PHASE_LABEL if name == "ladder" or status == "ok" else ():
+                    label = rung_label(name, phase)
                     ph = next((p for p in fit.get("phases", []) if p["phase"] == phase), None)
                     why = (fit.get("skipped_phases") or {}).get(phase)
                     if status == "ok" and ph is not None:
@@ -42,9 +50,7 @@ def rows_of(fits: list[dict[str, Any]], configs: list[dict[str, Any]]) -> dict[s
                         add(label, seed, f"{LADDER_SKIP}: {why}")
                     else:
                         add(label, seed, status)
-                name = f"{cfg['name']} (its pick)"
-            else:
-                name = cfg["name"]
+                name = f"{name} (its pick)"
             add(name, seed, status, fit.get("val"), fit.get("test"), fit.get("seconds"),
                 fit.get("cpu_s"))
     return rows

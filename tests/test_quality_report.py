@@ -66,3 +66,27 @@ def test_exactly_two_points_is_met_despite_float_error() -> None:
                   "seconds": 1.0}, lad]
     table = "\n".join(quality_report.targets_table({"ds": quality_report.rows_of(fits, configs)}))
     assert "+2.0 met" in table
+
+
+def test_a_skipped_ladder_variant_leaves_the_ladder_rungs_alone() -> None:
+    """A ladder variant the run skipped (``ladder, precision=bf16``) adds no statuses to the
+    ``ladder`` config's rung rows: the Targets table still shows the dataset, with its frozen
+    rung skipped by the ladder."""
+    configs = [{"name": "extract", "strategy": "extract"}, {"name": "ladder", "strategy": "ladder"},
+               {"name": "ladder, precision=bf16", "strategy": "ladder"}]
+    fits = []
+    for seed in (0, 1):
+        fits += [{"config": "extract", "seed": seed, "status": "ok", "val": 0.8, "test": 0.8,
+                  "seconds": 1.0}, _ladder(seed, frozen=False),
+                 {"config": "ladder, precision=bf16", "seed": seed,
+                  "status": "skipped (time budget)"}]
+    rows = quality_report.rows_of(fits, configs)
+    assert rows["ladder: extract rung"]["status"] == []
+    assert not any(name.startswith("ladder, precision=bf16:") for name in rows)
+    assert rows["ladder, precision=bf16 (its pick)"]["status"] == ["skipped (time budget)"] * 2
+    table = "\n".join(quality_report.targets_table({"fmnist-2000": rows}))
+    assert "| fmnist-2000 | 80.0 | skipped by the ladder | 83.0 |" in table
+    assert "fmnist-2000: best rung with default settings 83.0% test (goal ≥ 88%: not met)" in table
+    ran = dict(_ladder(0, frozen=True), config="ladder, precision=bf16")
+    rows = quality_report.rows_of(fits[:2] + [ran], configs)
+    assert rows["ladder, precision=bf16: frozen rung"]["seeds"][0]["test"] == 0.81
