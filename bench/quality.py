@@ -181,8 +181,12 @@ def phase_defaults() -> str:
     them."""
     from graftwork.phases import PHASES
 
+    def small(c: type) -> str:  # a smaller default rate for small data (Finetune.small_data)
+        below, lr = getattr(c, "small_data", (None, None))
+        return f" ({lr:g} below {below} training images per class)" if below else ""
+
     return "; ".join(f"{n} {c.defaults.epochs} epochs, {c.defaults.optimizer} "
-                     f"{c.defaults.lr:g}, schedule {c.defaults.schedule}"
+                     f"{c.defaults.lr:g}{small(c)}, schedule {c.defaults.schedule}"
                      + (f", weight decay {c.defaults.weight_decay:g}"
                         if c.defaults.weight_decay else "")
                      for n, c in PHASES.items())
