@@ -37,7 +37,7 @@ bench: $(STAMP)  # full run ~20 min on 2 cores (extraction, training vs Keras/Te
 
 FMNIST := /usr/share/datasets/fashion-mnist
 
-quality: $(STAMP)  # accuracy of rungs/options, 5 datasets x 3-6 seeds, 49 min on 2 AVX512 cores (README); QUICK=1: < 3 min
+quality: $(STAMP)  # accuracy of rungs/options, 5 datasets x 3-6 seeds, 20 min on 2 AVX512 cores (README); QUICK=1: < 3 min
 	# Fashion-MNIST from Debian (the other datasets ship in the repo or in installed wheels)
 	test -d $(FMNIST) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 	$(BIN)/python bench/quality.py $(if $(QUICK),--quick)
