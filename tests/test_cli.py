@@ -144,6 +144,7 @@ def test_backbones_checked_params_and_feature_dim(monkeypatch: pytest.MonkeyPatc
                       "offline_weights"]
     assert rows["mobilenet_v2"]["unfreeze_auto"] == 5
     assert rows["mobilenet_v2"]["more_from_per_class"] is None  # unmeasured: never more
+    assert rows["mobilenet_v2"]["unfreeze_auto_more"] is None
     spec = bbs.get_spec("efficientnet_lite0")
     lite = rows["efficientnet_lite0"]
     assert lite["more_from_per_class"] == spec.finetune_more_from is not None

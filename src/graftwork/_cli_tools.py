@@ -31,7 +31,9 @@ def backbones(as_json: bool, check: bool) -> None:
         row: dict[str, Any] = {"name": spec.name, "arch": spec.arch,
                                "input_size": spec.input_size, "blocks": len(spec.blocks),
                                "unfreeze_auto": spec.finetune_blocks,
-                               "unfreeze_auto_more": spec.finetune_more_blocks,
+                               "unfreeze_auto_more": (spec.finetune_more_blocks
+                                                      if spec.finetune_more_from is not None
+                                                      else None),
                                "more_from_per_class": spec.finetune_more_from}
         file = package_weights_file(spec.package) if spec.package else None
         row["offline_weights"] = f"yes ({spec.package})" if file else (
