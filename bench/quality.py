@@ -63,7 +63,7 @@ CONFIGS: list[dict[str, Any]] = [
     {"name": "finetune, unfreeze=all", "strategy": "finetune", "options": {"unfreeze": "all"}},
     # every block but the stem and the first two stages (the costliest to back-propagate):
     # unfreeze="auto" from 150 images per class. On fmnist-2000 at 160 px 88.1% test vs every
-    # block's 88.2 (val -0.2) in about 0.55x the time; at 112 px 0.65x, test -0.1, val -0.4
+    # block's 88.3 (val -0.2) in about 0.55x the time; at 112 px 0.65x, test -0.1, val -0.4
     # (bench/quality-fmnist2000-112px.md)
     {"name": "finetune, unfreeze=6", "strategy": "finetune", "options": {"unfreeze": 6}},
     # the default rate below 40 training images per class (Finetune.small_data) and above it

@@ -86,7 +86,8 @@ def test_a_skipped_ladder_variant_leaves_the_ladder_rungs_alone() -> None:
     assert rows["ladder, precision=bf16 (its pick)"]["status"] == ["skipped (time budget)"] * 2
     table = "\n".join(quality_report.targets_table({"fmnist-2000": rows}))
     assert "| fmnist-2000 | 80.0 | skipped by the ladder | 83.0 |" in table
-    assert "fmnist-2000: best rung with default settings 83.0% test (goal ≥ 88%: not met)" in table
+    assert ("fmnist-2000: best rung with default settings 83.0% test (goal ≥ 88%: not met)"
+            in table)
     ran = dict(_ladder(0, frozen=True), config="ladder, precision=bf16")
     rows = quality_report.rows_of(fits[:2] + [ran], configs)
     assert rows["ladder, precision=bf16: frozen rung"]["seeds"][0]["test"] == 0.81

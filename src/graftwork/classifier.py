@@ -40,9 +40,10 @@ class ImageClassifier(ParamsMixin):
     Strategies (``graftwork.phases``): ``extract`` (head on cached features), ``frozen``
     (frozen backbone, head on augmented images), ``finetune`` (warm head, last ``unfreeze``
     blocks trained with a small learning rate; ``"auto"``: the backbone's count, or its
-    ``finetune_more_blocks`` from its ``finetune_more_from`` training images per class), ``ladder`` (all three, each
-    warm-starting the next; the best by validation is kept). ``epochs``/``lr``/``optimizer``/
-    ``schedule``/``patience``/``weight_decay`` left as None take each phase's defaults;
+    ``finetune_more_blocks`` from its ``finetune_more_from`` training images per class),
+    ``ladder`` (all three, each warm-starting the next; the best by validation is kept).
+    ``epochs``/``lr``/``optimizer``/``schedule``/``patience``/``weight_decay`` left as None
+    take each phase's defaults;
     ``phase_options`` sets them for one phase (``{"finetune": {"lr": 1e-4, "epochs": 12}}``).
     Learned attributes end in ``_``.
 
