@@ -84,7 +84,7 @@ def ensure_images(name: str, counts: tuple[int, ...], px: int) -> Path:
 
 def samples_of(folder: Path, per_class: int | None = None) -> list[Any]:
     """The first ``per_class`` images of each class folder (sorted), as graftwork Samples."""
-    from graftwork.data import Sample
+    from graftwork.data.discover import Sample
 
     out = []
     for label, cls in enumerate(sorted(p.name for p in folder.iterdir() if p.is_dir())):
@@ -120,7 +120,7 @@ def forward_only(backbone: Any, pre: dict[str, Any], samples: list[Any], cache: 
     import torch
 
     from graftwork import features as F
-    from graftwork.data import load_image
+    from graftwork.data.images import load_image
 
     tf = F.FastEvalTransform(pre)
     x = torch.stack([tf(load_image(s.path, F.resize_size(pre))) for s in samples])
@@ -222,7 +222,7 @@ def naive(name: str, size: int, samples: list[Any]) -> float:
     import torch
     from PIL import Image
 
-    from graftwork.backbones import create_backbone
+    from graftwork.backbones.catalog import create_backbone
 
     model = create_backbone(name).eval()  # parameters require grad: autograd records the graph
     spec = model.spec
@@ -271,10 +271,10 @@ def cache_child(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     import torch  # noqa: F401
 
-    import graftwork.classifier  # noqa: F401  (what `graft train` imports)
+    import graftwork.estimator.classifier  # noqa: F401  (what `graft train` imports)
     import graftwork.cli  # noqa: F401
-    from graftwork._prepared import load_prepared
-    from graftwork.data import discover
+    from graftwork.features.prepared import load_prepared
+    from graftwork.data.discover import discover
     from graftwork.features import extract_features
 
     t1 = time.perf_counter()
@@ -316,7 +316,7 @@ def rss_child(args: argparse.Namespace) -> None:
 
     import torch
 
-    from graftwork.backbones import create_backbone
+    from graftwork.backbones.catalog import create_backbone
     from graftwork.features import extract_features
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -543,7 +543,7 @@ def main() -> None:
 
     import torch
 
-    from graftwork.backbones import create_backbone
+    from graftwork.backbones.catalog import create_backbone
 
     torch.set_num_threads(os.cpu_count() or 1)  # pinned: one compute thread per core
     backbone = create_backbone(args.backbone)

@@ -28,8 +28,8 @@ BATCH = 32
 
 def _model(unfreeze: int | str) -> nn.Module:
     """graftwork's model: ``train()`` keeps every BN layer in inference mode (its policy)."""
-    from graftwork.backbones import create_backbone
-    from graftwork.model import GraftModel, freeze_backbone
+    from graftwork.backbones.catalog import create_backbone
+    from graftwork.model.graft import GraftModel, freeze_backbone
 
     torch.manual_seed(0)
     bb = create_backbone("efficientnet_lite0")
@@ -47,7 +47,7 @@ def _grads(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, l
 
 
 def probe(unfreeze: int | str, size: int, iters: int) -> dict[str, Any]:
-    from graftwork.fold import folded_batchnorm
+    from graftwork.model.fold import folded_batchnorm
 
     plain = _model(unfreeze)
     folded = copy.deepcopy(plain)
@@ -91,7 +91,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--iters", type=int, default=5)
     args = ap.parse_args()
-    from graftwork.devices import cpu_features
+    from graftwork.training.devices import cpu_features
 
     flags = cpu_features()
     out = {"machine": platform.processor() or platform.machine(),

@@ -67,7 +67,9 @@ def _ctx(bf16: bool) -> contextlib.AbstractContextManager[Any]:
 
 
 def _real_images(pre: dict[str, Any]) -> torch.Tensor:
-    from graftwork.data import eval_transform, list_images, load_image
+    from graftwork.data.transforms import eval_transform
+    from graftwork.data.discover import list_images
+    from graftwork.data.images import load_image
 
     paths = sorted(list_images(REPO / "data" / "fashion-mnist-small" / "train"))[::7][:BATCH]
     tf = eval_transform(pre)
@@ -75,9 +77,9 @@ def _real_images(pre: dict[str, Any]) -> torch.Tensor:
 
 
 def main() -> None:
-    from graftwork.backbones import create_backbone
-    from graftwork.devices import cpu_has_native_bf16
-    from graftwork.model import freeze_backbone
+    from graftwork.backbones.catalog import create_backbone
+    from graftwork.training.devices import cpu_has_native_bf16
+    from graftwork.model.graft import freeze_backbone
 
     torch.manual_seed(0)
     bb = create_backbone("efficientnet_lite0")

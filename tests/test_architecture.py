@@ -11,11 +11,11 @@ import torch
 from click.testing import CliRunner
 
 from graftwork import AugmentConfig, ConfigError, ImageClassifier
-from graftwork.callbacks import Callback
+from graftwork.training.callbacks import Callback
 from graftwork.cli import main
 from graftwork.phases import (PHASES, SEQUENCES, Phase, PhaseContext, PhaseDefaults, PhasePlan,
                               register_phase, register_strategy, strategy_names)
-from graftwork.training import evaluate, tensor_batches
+from graftwork.training.loop import evaluate, tensor_batches
 from tests.conftest import TINY
 
 
@@ -211,7 +211,7 @@ def test_device_option_on_commands_that_run_a_saved_model(tiny_data: Path, cache
 
 def test_head_auto_chooses_on_validation_and_saves_the_choice(tiny_data: Path, cache_dir: str,
                                                               tmp_path: Path) -> None:
-    from graftwork.heads import HEAD_CANDIDATES
+    from graftwork.model.heads import HEAD_CANDIDATES
 
     clf = ImageClassifier(**TINY, head="auto", epochs=5, cache_dir=cache_dir).fit(tiny_data)
     spec = clf.head_

@@ -8,12 +8,13 @@ from typing import Any
 
 import pytest
 import torch
-from graftwork import _weights
-from graftwork import backbones as bbs
-from graftwork.backbones import (Backbone, BackboneSpec, WeightsInfo, create_backbone, get_spec,
-                                 list_backbones)
+from graftwork.backbones import weights as _weights
+from graftwork.backbones import catalog as bbs
+from graftwork.backbones.network import Backbone
+from graftwork.backbones.spec import BackboneSpec, WeightsInfo
+from graftwork.backbones.catalog import create_backbone, get_spec, list_backbones
 from graftwork.errors import BackboneNotFoundError, ModelFileError, WeightsNotFoundError
-from graftwork.model import freeze_backbone
+from graftwork.model.graft import freeze_backbone
 from safetensors.torch import save_file
 
 from tests.conftest import TINY, EvilPickle

@@ -12,11 +12,12 @@ from safetensors.torch import save_file
 from torch import nn
 
 from graftwork import BackboneSpec, ImageClassifier, create_backbone, register_backbone
-from graftwork.bn import diagnose, recalibrate
+from graftwork.model.bn import diagnose, recalibrate
 from graftwork.cli import main
-from graftwork.data import discover, eval_transform
-from graftwork.heads import build_head
-from graftwork.model import GraftModel, bn_layers, freeze_backbone
+from graftwork.data.discover import discover
+from graftwork.data.transforms import eval_transform
+from graftwork.model.heads import build_head
+from graftwork.model.graft import GraftModel, bn_layers, freeze_backbone
 
 SIZE = 16
 TRAP_SPEC = BackboneSpec(name="trap_cnn", arch="trap_cnn", library="custom", input_size=SIZE,

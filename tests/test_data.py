@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from graftwork.data import (ImageDataset, Sample, Skipped, collate_skip, discover, list_images,
-                            load_image)
+from graftwork.data.images import ImageDataset, collate_skip, load_image
+from graftwork.data.discover import Sample, Skipped, discover, list_images
 from graftwork.errors import BadImageError, DataError
 from tests.conftest import make_image_folder
 
@@ -177,7 +177,7 @@ def test_eps_with_image_extension_is_not_run_through_ghostscript(tmp_path: Path)
 
 # ------------------------------------------------------------------------------ dataset
 def test_dataset_and_collate_skip_bad_files(tmp_path: Path) -> None:
-    from graftwork.data import eval_transform
+    from graftwork.data.transforms import eval_transform
 
     files = {**bad_files(), **odd_good_files()}
     samples = []
@@ -242,7 +242,7 @@ def test_random_bytes_never_crash_the_data_layer(tmp_path: Path, content: bytes,
         assert img.mode == "RGB" and img.size[0] >= 1 and img.size[1] >= 1
     except BadImageError as exc:
         assert exc.message.startswith(str(path))
-    from graftwork.data import eval_transform
+    from graftwork.data.transforms import eval_transform
 
     pre = {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
            "crop_pct": 1.0}

@@ -7,11 +7,9 @@ from collections import namedtuple
 import pytest
 import torch
 
-from graftwork import devices
-from graftwork.devices import (
-    Precision, cpu_features, cpu_has_native_bf16, loader_kwargs, resolve_device,
-    resolve_precision, to_device,
-)
+from graftwork.training import devices
+from graftwork.training.devices import (Precision, cpu_features, cpu_has_native_bf16, loader_kwargs,
+                                        resolve_device, resolve_precision, to_device)
 from graftwork.errors import ConfigError
 
 

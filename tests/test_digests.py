@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from graftwork import _digests
-from graftwork._digests import INDEX_FILE, file_digests
+from graftwork.data import digests as _digests
+from graftwork.data.digests import INDEX_FILE, file_digests
 
 
 @pytest.fixture()

@@ -9,10 +9,10 @@ import torch
 from torch import nn
 
 from graftwork import ImageClassifier
-from graftwork.backbones import create_backbone
+from graftwork.backbones.catalog import create_backbone
 from graftwork.features import FeatureCache, Normalize, bind_backbone
-from graftwork.heads import build_head
-from graftwork.model import GraftModel, bn_layers, freeze_backbone
+from graftwork.model.heads import build_head
+from graftwork.model.graft import GraftModel, bn_layers, freeze_backbone
 from graftwork.phases._engine import OnEngine, bind_prefix
 from tests.conftest import TINY
 
@@ -107,7 +107,8 @@ def test_predict_on_onnx_runtime_matches_torch(tiny_data: Path, cache_dir: str,
     assert abs(probs["torch"] - probs["onnx"]).max() < 1e-4
     assert list((Path(cache_dir) / "models").glob("model-*.onnx"))  # kept for the next call
     # the same model evaluated on the torch reference path (normalised float batches)
-    from graftwork.data import Sample, eval_transform, list_images
+    from graftwork.data.discover import Sample, list_images
+    from graftwork.data.transforms import eval_transform
 
     samples = [Sample(str(p), 0) for c in sorted(folder.iterdir()) for p in list_images(c)]
     x = torch.stack([eval_transform(clf.preprocessing_)(__import__("PIL.Image").Image.open(
@@ -122,7 +123,7 @@ def test_decode_workers_wait_for_the_whole_training_step(graft: GraftModel, tmp_
     through forward, backward and the optimizer step (every block unfrozen: the runner is only
     normalisation, the tail the whole network) and open while the next batch is fetched."""
     from graftwork.features.pipeline import Gate
-    from graftwork.training import TrainConfig, fit
+    from graftwork.training.loop import TrainConfig, fit
 
     freeze_backbone(graft.backbone, "all")
     pre = graft.backbone.spec.preprocessing(32)

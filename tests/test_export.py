@@ -12,10 +12,10 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from graftwork import export as export_mod
-from graftwork.classifier import ImageClassifier
+from graftwork.deploy import export as export_mod
+from graftwork.estimator.classifier import ImageClassifier
 from graftwork.cli import main
-from graftwork.export import ExportError, export_model
+from graftwork.deploy.export import ExportError, export_model
 from tests.conftest import train_tiny_run
 
 

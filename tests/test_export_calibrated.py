@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from graftwork.classifier import ImageClassifier
-from graftwork.export import export_model, load_pixels
+from graftwork.estimator.classifier import ImageClassifier
+from graftwork.deploy.export import export_model, load_pixels
 from tests.conftest import TINY, make_image_folder
 
 #: Far from 1 so that a graph without the division fails (one epoch fits T close to 1).
@@ -92,7 +92,7 @@ def test_serve_probabilities_match_predict_proba(run: Path) -> None:
     pytest.importorskip("python_multipart")
     from fastapi.testclient import TestClient
 
-    from graftwork.serve import create_app
+    from graftwork.deploy.serve import create_app
 
     clf, expected = _expected(run)
     k = len(clf.classes_)

@@ -11,8 +11,9 @@ from PIL import Image
 
 from graftwork import features as F
 from graftwork.features import engines, pipeline
-from graftwork.backbones import create_backbone
-from graftwork.data import Sample, eval_transform, list_images
+from graftwork.backbones.catalog import create_backbone
+from graftwork.data.discover import Sample, list_images
+from graftwork.data.transforms import eval_transform
 from tests.conftest import TINY, make_image_folder
 
 
@@ -129,7 +130,7 @@ def test_cache_hits_need_no_decode(tiny_backbone: F.Backbone, images: list[Sampl
     def no_decode(*_: object, **__: object) -> None:
         raise AssertionError("a cached image was decoded")
 
-    monkeypatch.setattr("graftwork.data.load_image", no_decode)
+    monkeypatch.setattr("graftwork.data.images.load_image", no_decode)
     monkeypatch.setattr(pipeline, "bind_backbone", no_decode)
     again = F.extract_features(tiny_backbone, images, pre, tmp_path, progress=False)
     assert again.extracted == 0 and again.cached == len(images) and again.engine == ""

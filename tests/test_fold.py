@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from graftwork import ImageClassifier
-from graftwork.backbones import create_backbone
-from graftwork.fold import foldable_pairs, folded_batchnorm
-from graftwork.heads import build_head
-from graftwork.model import GraftModel, bn_layers, freeze_backbone
+from graftwork.backbones.catalog import create_backbone
+from graftwork.model.fold import foldable_pairs, folded_batchnorm
+from graftwork.model.heads import build_head
+from graftwork.model.graft import GraftModel, bn_layers, freeze_backbone
 from tests.conftest import TINY
 
 
@@ -116,7 +116,7 @@ def test_a_fold_that_changes_the_output_is_undone(caplog: pytest.LogCaptureFixtu
     model = _Shared()
     x = torch.randn(2, 3, 8, 8)
     want = model(x)
-    with caplog.at_level(logging.INFO, logger="graftwork.fold"), \
+    with caplog.at_level(logging.INFO, logger="graftwork.model.fold"), \
             folded_batchnorm(model, x) as folded:
         assert folded == 0 and isinstance(model.bn, nn.BatchNorm2d)
         assert torch.allclose(model(x), want)
@@ -125,7 +125,7 @@ def test_a_fold_that_changes_the_output_is_undone(caplog: pytest.LogCaptureFixtu
 
 def test_finetune_trains_folded_and_keeps_its_batchnorm(tiny_data: Path, cache_dir: str,
                                                         caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO, logger="graftwork.fold"):
+    with caplog.at_level(logging.INFO, logger="graftwork.model.fold"):
         clf = ImageClassifier(**TINY, strategy="finetune", unfreeze="all", epochs=1,
                               cache_dir=cache_dir).fit(tiny_data)
     assert "BatchNorm folded into" in caplog.text

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graftwork.data import (IMAGE_EXTENSIONS, Sample, Skipped, Splits, _stratified_split,
-                            discover, list_images)
+from graftwork.data.discover import (IMAGE_EXTENSIONS, Sample, Skipped, Splits, _stratified_split,
+                                     discover, list_images)
 from graftwork.errors import DataError
 from tests.conftest import make_image_folder
 

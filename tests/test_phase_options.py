@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from graftwork import ConfigError, ImageClassifier
-from graftwork.backbones import get_spec, register_backbone
+from graftwork.backbones.catalog import get_spec, register_backbone
 from graftwork.cli import main
 from graftwork.phases.extract import Extract
 from graftwork.phases.finetune import Finetune
@@ -149,6 +149,6 @@ def test_unfreeze_auto_trains_more_blocks_from_enough_images_per_class(
 
 
 def _registered() -> bool:
-    from graftwork.backbones import is_registered
+    from graftwork.backbones.catalog import is_registered
 
     return is_registered(TINY["backbone"])

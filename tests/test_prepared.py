@@ -13,9 +13,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from graftwork import ImageClassifier, _weights
-from graftwork._prepared import PreparedBackbone, _source_key, load_prepared, store_prepared
-from graftwork.backbones import BackboneSpec, create_backbone, register_backbone
+from graftwork import ImageClassifier
+from graftwork.backbones import weights as _weights
+from graftwork.features.prepared import PreparedBackbone, _source_key, load_prepared, store_prepared
+from graftwork.backbones.spec import BackboneSpec
+from graftwork.backbones.catalog import create_backbone, register_backbone
 
 from tests.conftest import REPO, make_image_folder
 

@@ -12,14 +12,14 @@ from click.testing import CliRunner
 from PIL import Image
 
 from conftest import TINY, make_image_folder
-from graftwork import training
-from graftwork.calibration import (calibration_report, expected_calibration_error,
-                                   fit_temperature, tta_logits)
-from graftwork.classifier import ImageClassifier
-from graftwork.data import AUGMENT_POLICIES, AugmentConfig, train_transform
+from graftwork.training import loop as training
+from graftwork.model.calibration import (calibration_report, expected_calibration_error,
+                                         fit_temperature, tta_logits)
+from graftwork.estimator.classifier import ImageClassifier
+from graftwork.data.transforms import AUGMENT_POLICIES, AugmentConfig, train_transform
 from graftwork.errors import ConfigError
 from graftwork.features.views import HFLIP, augment_recipe, view_digest
-from graftwork.training import resolve_class_weights
+from graftwork.training.loop import resolve_class_weights
 
 PRE = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0,
        "interpolation": "bilinear"}

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-import graftwork.training as training
+import graftwork.training.loop as training
 from graftwork import ImageClassifier
 from graftwork.cli import main
 from graftwork.errors import BadImageError, ModelFileError
@@ -125,7 +125,7 @@ def _evil_file(path: Path, marker: Path) -> Path:
 
 
 def test_weights_file_with_pickled_code_is_refused(tmp_path: Path) -> None:
-    from graftwork._weights import read_state_dict
+    from graftwork.backbones.weights import read_state_dict
 
     marker = tmp_path / "pwned"
     with pytest.raises(ModelFileError, match="cannot read weights file"):
@@ -204,7 +204,7 @@ def test_corrupt_cache_shard_is_detected_and_rebuilt(tiny_data: Path, cache_dir:
     from safetensors.torch import load_file, save_file
 
     from graftwork import create_backbone
-    from graftwork.data import discover
+    from graftwork.data.discover import discover
 
     splits = discover(tiny_data)
     samples = splits.train + splits.val
@@ -235,7 +235,7 @@ def test_corrupt_cache_shard_is_detected_and_rebuilt(tiny_data: Path, cache_dir:
 def test_interrupted_shard_write_leaves_no_partial_shard(tiny_data: Path, cache_dir: str,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     from graftwork import create_backbone
-    from graftwork.data import discover
+    from graftwork.data.discover import discover
 
     samples = discover(tiny_data).train
     backbone = create_backbone(TINY["backbone"], "random")
@@ -327,7 +327,7 @@ def test_cli_resume_after_interrupt_matches_uninterrupted_run(
 
 _SLOW_EPOCHS = """
 import sys, time
-import graftwork.training as t
+import graftwork.training.loop as t
 real = t._train_epoch
 def slow(*args):
     time.sleep(0.1)

@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from graftwork.errors import ConfigError, GraftError, ModelFileError, RunDirError
-from graftwork.rundir import (CHECKPOINTS_DIR, CONFIG_FILE, FORMAT_VERSION, LOCK_FILE, MODEL_FILE,
-                              PLOTS_DIR, RUN_FILES, RunBusyError, RunConfigError, RunExistsError,
-                              RunLock, RunModifiedError, atomic_file, check_integrity,
-                              config_digest, csv_safe, load_config, prepare_out, read_csv,
-                              read_json, read_metrics, seal, validate_config, write_config,
-                              write_csv, write_json)
+from graftwork.rundir.files import (CHECKPOINTS_DIR, CONFIG_FILE, FORMAT_VERSION, LOCK_FILE,
+                                    MODEL_FILE, PLOTS_DIR, RUN_FILES, atomic_file, csv_safe,
+                                    read_csv, read_json, read_metrics, write_csv, write_json)
+from graftwork.errors import RunBusyError, RunConfigError, RunExistsError, RunModifiedError
+from graftwork.rundir.outdir import RunLock, prepare_out
+from graftwork.rundir.config import (check_integrity, config_digest, load_config, seal,
+                                     validate_config, write_config)
 from tests.conftest import REPO, train_tiny_run
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src")}
@@ -53,7 +54,7 @@ def test_config_of_the_current_code_is_sealed(new_run: Path) -> None:
 
 
 def known_params() -> set[str]:
-    from graftwork.classifier import ImageClassifier
+    from graftwork.estimator.classifier import ImageClassifier
 
     return set(inspect.signature(ImageClassifier.__init__).parameters) - {"self"}
 
@@ -74,7 +75,7 @@ def test_config_of_the_current_code_passes_unchanged(real_run: Path, cfg: dict[s
 def test_sealed_run_loads_and_detects_changes(real_run: Path, tmp_path: Path) -> None:
     import shutil
 
-    from graftwork.classifier import ImageClassifier
+    from graftwork.estimator.classifier import ImageClassifier
 
     run = Path(shutil.copytree(real_run, tmp_path / "run"))
     written = write_config(run, read_json(run / CONFIG_FILE))
@@ -277,7 +278,7 @@ def test_read_metrics_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixt
 # ---------------------------------------------------------------------- lock
 HOLDER = """
 import sys
-from graftwork.rundir import RunLock
+from graftwork.rundir.outdir import RunLock
 with RunLock(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()
@@ -431,7 +432,7 @@ def test_unusable_out(tmp_path: Path) -> None:
 def test_folder_without_write_permission(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import graftwork.rundir
 
-    monkeypatch.setattr(graftwork.rundir.os, "access", lambda *args: False)  # as if not root
+    monkeypatch.setattr(graftwork.rundir.outdir.os, "access", lambda *args: False)  # as if not root
     with pytest.raises(RunDirError, match="cannot write to run folder") as info:
         prepare_out(tmp_path, overwrite=False, resume=False)
     assert "permissions" in info.value.fix

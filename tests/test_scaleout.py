@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, make_image_folder
-from graftwork import _digests
-from graftwork.data import Sample
+from graftwork.data import digests as _digests
+from graftwork.data.discover import Sample
 from graftwork.errors import ConfigError
 from graftwork.features.folder import parse_shard, shard_from_env, shard_samples
 
@@ -119,8 +119,8 @@ def local_ray():  # type: ignore[no-untyped-def]
 
 def test_ray_engine_fills_the_cache(tmp_path: Path, local_ray: object) -> None:
     from graftwork.features import extract_features, extract_folder
-    from graftwork.backbones import create_backbone
-    from graftwork.training import seed_everything
+    from graftwork.backbones.catalog import create_backbone
+    from graftwork.training.loop import seed_everything
 
     data = make_image_folder(tmp_path / "data", counts={"train": 4, "val": 2, "test": 2})
     files = _old_files(data)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from graftwork.classifier import ImageClassifier
+from graftwork.estimator.classifier import ImageClassifier
 from tests.conftest import train_tiny_run
 from tests.test_data import bomb_png
 
@@ -27,7 +27,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("python_multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from graftwork.serve import create_app, parse_size  # noqa: E402
+from graftwork.deploy.serve import create_app, parse_size  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 

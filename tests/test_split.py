@@ -5,9 +5,11 @@ import pytest
 import torch
 from torch import nn
 
-from graftwork.backbones import Backbone, BackboneSpec, WeightsInfo, _vgg_blocks, create_backbone
-from graftwork._split import sequential_atoms
-from graftwork.model import freeze_backbone
+from graftwork.backbones.network import Backbone
+from graftwork.backbones.spec import BackboneSpec, WeightsInfo
+from graftwork.backbones.catalog import _vgg_blocks, create_backbone
+from graftwork.backbones.split import sequential_atoms
+from graftwork.model.graft import freeze_backbone
 
 SIZE = 32
 
@@ -132,7 +134,7 @@ def test_parts_keep_backbone_mode_and_export_to_onnx(tmp_path) -> None:
     """Exporting the prefix (mode saved and restored) must not put shared BN layers in training."""
     pytest.importorskip("onnxruntime")
     from graftwork.features import export_onnx, ort_session
-    from graftwork.model import bn_layers
+    from graftwork.model.graft import bn_layers
 
     torch.manual_seed(0)
     bb = create_backbone("test_efficientnet", weights="random").eval()

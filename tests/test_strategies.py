@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from graftwork import AugmentConfig, ImageClassifier
 from graftwork import cli as cli_module
 from graftwork.cli import main
-from graftwork.data import train_transform
-from graftwork.model import bn_layers
+from graftwork.data.transforms import train_transform
+from graftwork.model.graft import bn_layers
 from tests.conftest import TINY, make_image_folder
 
 
@@ -106,7 +106,7 @@ def test_augmentation_is_random_and_switchable() -> None:
 def test_validation_is_never_augmented(tiny_data: Path, cache_dir: str) -> None:
     """Same model, same val data: validation accuracy does not depend on augmentation randomness."""
     clf = ImageClassifier(**TINY, strategy="frozen", epochs=1, cache_dir=cache_dir).fit(tiny_data)
-    from graftwork._fit import score_logits
+    from graftwork.estimator.fit import score_logits
 
     val = clf.splits_.val
     a = score_logits(val, *clf.session_.logits(val))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from graftwork import ImageClassifier
-from graftwork.training import TrainConfig, _make_schedule, evaluate, fit, tensor_batches
+from graftwork.training.loop import TrainConfig, _make_schedule, evaluate, fit, tensor_batches
 from tests.conftest import TINY
 
 
@@ -116,7 +116,7 @@ def test_cli_offers_every_schedule_and_optimizer() -> None:
     from click.testing import CliRunner
 
     from graftwork.cli import main
-    from graftwork.training import OPTIMIZERS, SCHEDULES
+    from graftwork.training.loop import OPTIMIZERS, SCHEDULES
 
     text = CliRunner().invoke(main, ["train", "--help"]).output
     assert "warmcosine" in SCHEDULES and all(name in text for name in (*SCHEDULES, *OPTIMIZERS))

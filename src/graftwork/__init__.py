@@ -1,5 +1,11 @@
 """graftwork: turn a folder of labelled images into an accurate classifier by transfer learning.
 
+The package tree is the architecture (``docs/architecture.md``): ``data`` (image folders) ->
+``backbones`` (pretrained networks and their weights) -> ``model`` (backbone + head, BatchNorm
+tools) -> ``features`` (the feature cache and inference engines) -> ``training`` (the loop,
+callbacks, devices) -> ``phases`` (training strategies) -> ``estimator``
+(``ImageClassifier``) -> ``rundir``, ``report``, ``deploy`` -> ``cli``.
+
 Exports are loaded lazily so that ``import graftwork`` (and the CLI's ``--help``) stay fast.
 """
 from __future__ import annotations
@@ -7,14 +13,16 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from graftwork import _compat
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "ImageClassifier": "classifier", "STRATEGIES": "classifier",
+    "ImageClassifier": "estimator.classifier", "STRATEGIES": "estimator.classifier",
     "Backbone": "backbones", "BackboneSpec": "backbones", "WeightsInfo": "backbones",
     "create_backbone": "backbones", "get_spec": "backbones", "list_backbones": "backbones",
     "register_backbone": "backbones",
-    "AugmentConfig": "data",
+    "AugmentConfig": "data.transforms",
     "GraftError": "errors", "DataError": "errors", "BadImageError": "errors",
     "BackboneNotFoundError": "errors", "WeightsNotFoundError": "errors",
     "NotFittedError": "errors", "RunDirError": "errors", "ModelFileError": "errors",
@@ -22,6 +30,8 @@ _EXPORTS = {
 }
 
 __all__ = sorted([*_EXPORTS, "__version__"])
+
+_compat.install()
 
 
 def __getattr__(name: str) -> Any:

@@ -4,7 +4,8 @@ from __future__ import annotations
 __all__ = [
     "GraftError", "DataError", "BackboneNotFoundError", "WeightsNotFoundError",
     "NotFittedError", "RunDirError", "ModelFileError", "BadImageError", "ConfigError",
-    "ResumeMismatchError",
+    "ResumeMismatchError", "RunConfigError", "RunModifiedError", "RunBusyError",
+    "RunExistsError", "ExportError",
 ]
 
 
@@ -57,3 +58,23 @@ class ConfigError(GraftError):
 
 class ResumeMismatchError(GraftError):
     """A checkpoint was written for other data or settings than the run being resumed."""
+
+
+class RunConfigError(ModelFileError, RunDirError):
+    """A run's config.json is missing a field, or holds a value graftwork cannot use."""
+
+
+class RunModifiedError(ModelFileError, RunDirError):
+    """A run's files no longer match the integrity seal written when it was saved."""
+
+
+class RunBusyError(RunDirError):
+    """Another live process is writing the run directory."""
+
+
+class RunExistsError(RunDirError):
+    """``--out`` already holds a finished run and no flag says what to do with it."""
+
+
+class ExportError(GraftError):
+    """An export could not be written or failed its own verification."""

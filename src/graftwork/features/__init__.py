@@ -9,7 +9,7 @@
 """
 from __future__ import annotations
 
-from graftwork._digests import file_digest
+from graftwork.data.digests import file_digest
 from graftwork.features.cache import FeatureCache, default_cache_dir
 from graftwork.features.decode import FastEvalTransform, FromPixels, Normalize, resize_size
 from graftwork.features.engines import (ENGINES, AutoEngine, Engine, OnnxEngine, Runner,

@@ -22,7 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from graftwork.rundir import atomic_file
+from graftwork.rundir.files import atomic_file
 
 __all__ = ["FeatureCache", "default_cache_dir", "SHARD_ROWS"]
 

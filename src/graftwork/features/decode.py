@@ -60,7 +60,7 @@ class AugmentPixels(FastEvalTransform):
         super().__init__(pre)
         from torchvision.transforms import v2
 
-        from graftwork.data import augment_ops
+        from graftwork.data.transforms import augment_ops
 
         self.augment = v2.Compose(augment_ops(aug, policy))
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from graftwork.rundir import atomic_file
+from graftwork.rundir.files import atomic_file
 
 __all__ = ["Engine", "Runner", "TorchEngine", "OnnxEngine", "AutoEngine", "ENGINES",
            "create_engine", "clear_sessions", "onnx_available", "export_onnx", "ort_session"]

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from graftwork.data import Sample, discover
+from graftwork.data.discover import Sample, discover
 from graftwork.errors import ConfigError
 from graftwork.features.engines import Engine
 from graftwork.features.pipeline import ExtractResult, extract_features
@@ -68,10 +68,10 @@ def extract_folder(data: str | Path, backbone: str = "efficientnet_lite0",
     backbone, weights and image size then reads them from the cache. ``engine="ray"`` runs the
     backbone in Ray actors (``address`` of a cluster, default a local one). ``seed`` seeds as
     ``graft train --seed`` does: ``weights="random"`` then gives the same network (cache key)."""
-    from graftwork._prepared import store_prepared
-    from graftwork.backbones import create_backbone
+    from graftwork.features.prepared import store_prepared
+    from graftwork.backbones.catalog import create_backbone
     from graftwork.features.cache import default_cache_dir
-    from graftwork.training import seed_everything
+    from graftwork.training.loop import seed_everything
 
     shard = shard_from_env() if shard is None else parse_shard(f"{shard[0]}/{shard[1]}")
     seed_everything(seed)  # as fitting does before building the backbone

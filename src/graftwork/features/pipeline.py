@@ -18,8 +18,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from graftwork._digests import file_digests
-from graftwork.data import ImageDataset, Sample, Skipped, collate_skip
+from graftwork.data.digests import file_digests
+from graftwork.data.images import ImageDataset, collate_skip
+from graftwork.data.discover import Sample, Skipped
 from graftwork.errors import BadImageError
 from graftwork.features.cache import SHARD_ROWS, FeatureCache, default_cache_dir
 from graftwork.features.decode import FastEvalTransform, FromPixels, resize_size
@@ -114,7 +115,7 @@ def bind_pixels(module: torch.nn.Module, preprocessing: dict[str, Any], store: P
                 name: str, engine: str | Engine | None, images: int | None) -> Runner:
     """``module`` (in its current weights) on uint8 pixels, bound to an engine; an exported
     graph is kept in ``store`` as ``<name>-<weights digest>-<size>``."""
-    from graftwork._weights import state_digest
+    from graftwork.backbones.weights import state_digest
 
     size = int(preprocessing["image_size"])
     probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,

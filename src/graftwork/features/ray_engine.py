@@ -20,8 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from graftwork._digests import file_digests
-from graftwork.data import ImageDataset, Sample, Skipped, collate_skip
+from graftwork.data.digests import file_digests
+from graftwork.data.images import ImageDataset, collate_skip
+from graftwork.data.discover import Sample, Skipped
 from graftwork.errors import ConfigError
 from graftwork.features.cache import SHARD_ROWS, FeatureCache
 from graftwork.features.decode import FastEvalTransform, resize_size

@@ -19,14 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from graftwork._digests import file_digests
-from graftwork.data import AugmentConfig, ImageDataset, Sample, Skipped, augment_ops
+from graftwork.data.digests import file_digests
+from graftwork.data.transforms import AugmentConfig, augment_ops
+from graftwork.data.images import ImageDataset
+from graftwork.data.discover import Sample, Skipped
 from graftwork.features.cache import FeatureCache, default_cache_dir
 from graftwork.features.decode import FastEvalTransform, resize_size
 from graftwork.features.pipeline import ExtractResult, _run_extraction
 
 if TYPE_CHECKING:
-    from graftwork._session import Session
+    from graftwork.estimator.session import Session
 
 __all__ = ["HFLIP", "augment_recipe", "view_digest", "ViewDataset", "extract_views"]
 

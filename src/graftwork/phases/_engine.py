@@ -17,12 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from graftwork.data import Sample
+from graftwork.data.discover import Sample
 from graftwork.features import FeatureCache, bind_pixels
 from graftwork.features.engines import Runner
 from graftwork.features.pipeline import Gate
 from graftwork.features.decode import AugmentPixels, FastEvalTransform
-from graftwork.model import GraftModel
+from graftwork.model.graft import GraftModel
 
 __all__ = ["OnEngine", "bind_prefix", "split_or_none", "pixel_batches"]
 

@@ -27,15 +27,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import nn
 
-from graftwork.callbacks import Callback, dispatch
-from graftwork.data import Splits
-from graftwork.devices import Runtime
-from graftwork.fold import folded_batchnorm
-from graftwork.model import freeze_backbone, parameter_counts
-from graftwork.training import FitResult, TrainConfig, fit
+from graftwork.training.callbacks import Callback, dispatch
+from graftwork.data.discover import Splits
+from graftwork.training.devices import Runtime
+from graftwork.model.fold import folded_batchnorm
+from graftwork.model.graft import freeze_backbone, parameter_counts
+from graftwork.training.loop import FitResult, TrainConfig, fit
 
 if TYPE_CHECKING:
-    from graftwork._session import Session
+    from graftwork.estimator.session import Session
 
 __all__ = ["Phase", "PhaseDefaults", "PhaseContext", "Batches", "PHASE_OPTIONS",
            "phase_params", "check_phase_options"]

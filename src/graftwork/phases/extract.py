@@ -10,10 +10,10 @@ from typing import Any
 import torch
 
 from graftwork.errors import ConfigError
-from graftwork.heads import HEAD_CANDIDATES, HeadChoice, build_head
+from graftwork.model.heads import HEAD_CANDIDATES, HeadChoice, build_head
 from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
                                    feature_batch_size, phase_params, sqrt_scaled_lr)
-from graftwork.training import TrainConfig, evaluate, tensor_batches, torch_threads
+from graftwork.training.loop import TrainConfig, evaluate, tensor_batches, torch_threads
 
 __all__ = ["Extract", "augmented_views"]
 

@@ -14,16 +14,16 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from graftwork.data import eval_transform
+from graftwork.data.transforms import eval_transform
 from graftwork.errors import ConfigError
 from graftwork.features.pipeline import Gate
-from graftwork.model import freeze_backbone, resolve_unfreeze
+from graftwork.model.graft import freeze_backbone, resolve_unfreeze
 from graftwork.phases._engine import (OnEngine, bind_prefix, identity_runner, pixel_batches,
                                       split_or_none, uses_engine)
 from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
                                    images_per_class, phase_params)
 from graftwork.phases.frozen import augmented_batches, planned_images
-from graftwork.training import TrainConfig, evaluate
+from graftwork.training.loop import TrainConfig, evaluate
 
 __all__ = ["Finetune"]
 

@@ -7,14 +7,14 @@ from typing import ClassVar
 
 import torch
 
-from graftwork.data import train_transform
+from graftwork.data.transforms import train_transform
 from graftwork.features import bind_backbone
 from graftwork.features.pipeline import Gate
-from graftwork.model import freeze_backbone
+from graftwork.model.graft import freeze_backbone
 from graftwork.phases._engine import OnEngine, pixel_batches, uses_engine
 from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
                                    images_per_class)
-from graftwork.training import evaluate, tensor_batches
+from graftwork.training.loop import evaluate, tensor_batches
 
 __all__ = ["Frozen", "augmented_batches"]
 

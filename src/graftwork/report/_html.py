@@ -16,7 +16,7 @@ from graftwork.report._format import (descending, fmt, fmt_acc, fmt_cell, fmt_in
 from graftwork.report._metrics import Evaluation, evaluate
 from graftwork.report._plots import (calibration_of, check_smoothing, curve_charts,
                                      phase_segments, reliability_chart)
-from graftwork.report._run import Run, backbone_name, load_run, section_of
+from graftwork.rundir.reader import Run, backbone_name, load_run, section_of
 from graftwork.report._svg import SVG_CSS, Chart
 
 log = logging.getLogger(__name__)

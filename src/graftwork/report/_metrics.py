@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from graftwork.report._format import ratio
-from graftwork.report._run import Run
+from graftwork.rundir.reader import Run
 from graftwork.report._svg import Chart
 from graftwork.report._testcharts import (all_classes, confusion_chart, confusion_matrix,
                                           top_losses_grid)

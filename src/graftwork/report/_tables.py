@@ -8,8 +8,8 @@ from typing import Any
 
 from graftwork.errors import RunDirError
 from graftwork.report._format import fmt, fmt_acc, fmt_seconds
-from graftwork.report._run import (CONFIG_FILE, Run, backbone_name, read_config, read_history,
-                                   read_metrics, section_of)
+from graftwork.rundir.reader import (CONFIG_FILE, Run, backbone_name, read_config, read_history,
+                                     read_metrics, section_of)
 
 log = logging.getLogger(__name__)
 

