@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from graftwork.backbones import weights as _weights
+import graftwork.backbones.weights as _weights
 from graftwork.backbones.network import Backbone
 from graftwork.backbones.spec import _IMAGENET_MEAN, _IMAGENET_STD, BackboneSpec, WeightsInfo
 from graftwork.errors import BackboneNotFoundError

@@ -10,13 +10,9 @@ plain ``nn.Sequential`` trunks (torchvision ``mobilenet_v2().features``). Anythi
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
-
-if TYPE_CHECKING:
-    from graftwork.backbones.network import Backbone
 
 __all__ = ["Chain", "Pooled", "split_backbone", "sequential_atoms"]
 
@@ -91,7 +87,7 @@ def sequential_atoms(trunk: nn.Module) -> list[tuple[str, nn.Module]]:
     raise NotImplementedError(f"cannot split a {type(trunk).__name__} backbone")
 
 
-def split_backbone(backbone: Backbone, n_unfrozen: int | str) -> tuple[nn.Module, nn.Module]:
+def split_backbone(backbone: nn.Module, n_unfrozen: int | str) -> tuple[nn.Module, nn.Module]:
     """``(prefix, suffix)`` with ``suffix(prefix(x)) == backbone(x)`` and weights shared.
 
     Train/eval modes belong to the backbone (and ``GraftModel.train``'s BN policy): the parts

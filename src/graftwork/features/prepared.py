@@ -26,7 +26,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from graftwork.backbones import weights as _weights
+import graftwork.backbones.weights as _weights
 from graftwork.backbones.network import Backbone
 from graftwork.backbones.spec import BackboneSpec, WeightsInfo
 from graftwork.backbones.catalog import create_backbone, get_spec, is_registered

@@ -5,27 +5,16 @@ import json
 import math
 from typing import Any
 
+from graftwork.rundir.reader import to_float, to_int
 
-def to_float(value: Any) -> float:
-    """``float(value)``, or NaN for None, empty strings and anything unparsable."""
-    if value is None or value == "":
-        return math.nan
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
+__all__ = ["to_float", "to_int", "descending", "ratio", "is_missing", "fmt", "fmt_int",
+           "fmt_seconds", "fmt_acc", "fmt_share", "pretty", "fmt_cell"]
 
 
 def descending(value: Any) -> float:
     """Sort key putting large numbers first and missing ones (None, NaN) last."""
     number = to_float(value)
     return -number if math.isfinite(number) else math.inf
-
-
-def to_int(value: Any) -> int | None:
-    """``int(value)``, or None when it is missing or not a finite number."""
-    number = to_float(value)
-    return int(number) if math.isfinite(number) else None
 
 
 def ratio(num: float, den: float) -> float:

@@ -5,13 +5,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 from graftwork.errors import RunDirError
-from graftwork.report._format import to_float, to_int
 from graftwork.rundir.files import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE,
                                     SUMMARY_FILE)
 
@@ -23,6 +23,23 @@ _NOT_A_RUN_HINT = "pass the folder that `graft train` wrote (see `graft runs`)"
 _DAMAGED_HINT = "the run is damaged; train it again"
 
 _T = TypeVar("_T")
+
+
+def to_float(value: Any) -> float:
+    """``float(value)``, or NaN for None, empty strings and anything unparsable."""
+    if value is None or value == "":
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def to_int(value: Any) -> int | None:
+    """``int(value)``, or None when it is missing or not a finite number."""
+    number = to_float(value)
+    return int(number) if math.isfinite(number) else None
+
 
 
 @dataclass
