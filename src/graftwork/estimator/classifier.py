@@ -4,20 +4,22 @@
     clf.evaluate("DATA/test"); clf.save("runs/a")
     ImageClassifier.load("runs/a").predict(["img.jpg"])
 
-Where things happen: training strategies in :mod:`graftwork.phases`, fitting in ``_fit``,
-running the model in ``_session``, evaluation/prediction/BN tools in ``_inference``, run
-directories in ``_persist`` and :mod:`graftwork.rundir`.
+Where things happen: training strategies in :mod:`graftwork.phases`, fitting in
+:mod:`.fit`, running the model in :mod:`graftwork.features.session`, evaluation, prediction and
+the BatchNorm tools in :mod:`.inference`, saving and loading in :mod:`.persist` (files defined
+by :mod:`graftwork.rundir`).
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from graftwork.estimator import inference as _inference
-from graftwork.estimator import persist as _persist
+import graftwork.estimator.inference as _inference
+import graftwork.estimator.persist as _persist
 from graftwork.estimator.base import ParamsMixin
 from graftwork.training.callbacks import Callback
 from graftwork.data.transforms import AugmentConfig
@@ -118,8 +120,9 @@ class ImageClassifier(ParamsMixin):
         """
         from graftwork.estimator.fit import fit_classifier, validate_params
 
-        validate_params(self.get_params(deep=False))
-        fit_classifier(self, data, checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
+        phases = validate_params(self.get_params(deep=False))
+        fit_classifier(self, data, phases,
+                       checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir else None,
                        resume=resume, callbacks=callbacks)
         return self
 
@@ -134,12 +137,13 @@ class ImageClassifier(ParamsMixin):
             raise NotFittedError("this classifier is not fitted yet",
                                  "call fit(DATA) or ImageClassifier.load(RUN) first")
         # how to run (not what was learned) follows set_params after fitting or loading
-        session.tta, session.engine = bool(self.tta), self.engine
-        session.cache_dir, session.num_workers = self.cache_dir, self.num_workers
+        from graftwork.features.session import RunOptions
         from graftwork.training.devices import resolve_device
 
-        session.device = str(resolve_device(self.device))
-        return session
+        follow = RunOptions.from_params(self.get_params(deep=False),
+                                        device=str(resolve_device(self.device)))
+        return session.configure(replace(session.options, **{
+            name: getattr(follow, name) for name in RunOptions.FOLLOWS}))
 
     # ------------------------------------------------------------------ using the model
     def evaluate(self, data: str | Path) -> dict[str, Any]:

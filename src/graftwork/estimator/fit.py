@@ -1,46 +1,48 @@
-"""Fitting an :class:`~graftwork.classifier.ImageClassifier`: data, backbone, head, the phases
-of the strategy in turn (the ladder keeps the best), BatchNorm recalibration, final metrics."""
+"""Fitting an :class:`~graftwork.estimator.classifier.ImageClassifier`: data, features (the
+backbone or its prepared record, :func:`graftwork.features.open_features`), head, the phases of
+the strategy (run by :func:`graftwork.phases.ladder.climb`, which keeps a sequence's best
+rung), BatchNorm recalibration, calibration, final metrics."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 from tqdm.auto import tqdm
 
-from graftwork.model import bn as bn_mod
-from graftwork.features.prepared import load_prepared, store_prepared
-from graftwork.estimator.session import Session
-from graftwork.backbones.catalog import create_backbone
-from graftwork.training.callbacks import Callback, History, LogLines, dispatch
+from graftwork.data.digests import file_digests
 from graftwork.data.discover import Sample, Splits, discover
 from graftwork.data.transforms import eval_transform
-from graftwork.training.devices import Runtime
 from graftwork.errors import ConfigError, DataError
-from graftwork.features import ENGINES, default_cache_dir
-from graftwork.model.heads import build_head, head_dropout
+from graftwork.estimator.base import ParamsMixin
+from graftwork.estimator.persist import learned_settings
+from graftwork.features.cache import cache_root
+from graftwork.features.engines import ENGINES
+from graftwork.features.open import open_features
+from graftwork.features.session import RunOptions, Session
+from graftwork.model import bn as bn_mod
 from graftwork.model.graft import bn_layers
-from graftwork.phases import SEQUENCES, PhaseContext, plan
+from graftwork.model.heads import build_head, head_dropout
+from graftwork.phases import SEQUENCES, Phase, PhaseContext, plan
 from graftwork.phases.base import check_phase_options
-from graftwork.training.loop import evaluate, resolve_class_weights, seed_everything
+from graftwork.phases.ladder import climb
+from graftwork.training.callbacks import Callback, History, LogLines
+from graftwork.training.devices import Runtime
+from graftwork.training.loop import resolve_class_weights, seed_everything
+from graftwork.training.metrics import prediction_rows, score_logits
 
-if TYPE_CHECKING:
-    from graftwork.estimator.classifier import ImageClassifier
-
-__all__ = ["fit_classifier", "validate_params", "prediction_rows", "score_logits"]
+__all__ = ["fit_classifier", "validate_params", "fingerprint"]
 
 log = logging.getLogger(__name__)
 
 
-
-def validate_params(params: dict[str, Any]) -> None:
-    """Every parameter checked before any work: ranges (``graftwork.params``) and choices."""
+def validate_params(params: dict[str, Any]) -> list[Phase]:
+    """Every parameter checked before any work: ranges (``graftwork.params``) and choices.
+    Returns the strategy's phases (planned here, once per fit)."""
     from graftwork.data.transforms import AUGMENT_POLICIES
     from graftwork.model.heads import HEADS
     from graftwork.params import OPTIMIZERS, PARAMS, SCHEDULES, check_choice, check_params
@@ -67,92 +69,63 @@ def validate_params(params: dict[str, Any]) -> None:
                                             or isinstance(unfreeze, bool) or unfreeze < 0):
         raise ConfigError(f"unfreeze={unfreeze!r} must be a whole number of blocks, 'all' or "
                           "'auto'", "pass e.g. --unfreeze 2, --unfreeze all or --unfreeze auto")
+    return phases
 
 
-def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Path | None,
-                   resume: bool, callbacks: Sequence[Callback] = ()) -> None:
-    """Train ``clf`` on ``data`` and set its learned attributes (``classes_``, ``model_``, ...)."""
+def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], *,
+                   checkpoint_dir: Path | None, resume: bool,
+                   callbacks: Sequence[Callback] = ()) -> None:
+    """Train ``clf`` on ``data`` through ``phases`` (``validate_params``' plan) and set its
+    learned attributes (``classes_``, ``session_``, ``phases_``, ``metrics_``, ...)."""
     t0 = time.perf_counter()
     params = clf.get_params(deep=False)
-    phases = plan(params["strategy"])
     seed_everything(params["seed"])
     splits = discover(data, params["val_fraction"], params["test_fraction"], params["seed"])
-    backbone = _resolve_backbone(params, needs_network=any(p.needs_network for p in phases))
-    preprocessing = backbone.spec.preprocessing(params["image_size"])
+    needs_network = any(p.needs_network for p in phases)
+    source = open_features(params["backbone"], params["weights"], params["image_size"],
+                           params["cache_dir"], network=needs_network)
     torch.manual_seed(params["seed"])  # the head's initial weights must not depend on whether
-    head = build_head(params["head"], backbone.feature_dim, len(splits.classes),  # the backbone
-                      params["hidden"], head_dropout(params["head"], params["dropout"]))  # drew
-    session = Session(backbone, head, preprocessing, train_bn=params["train_bn"],
-                      cache_dir=params["cache_dir"], batch_size=params["batch_size"],
-                      num_workers=params["num_workers"], strict=params["strict"],
-                      progress=params["progress"], engine=params["engine"])
-    session.tta = bool(params.get("tta"))
-    session.head_spec = {"kind": "mlp" if params["head"] == "auto" else params["head"],
-                         "hidden": params["hidden"],
-                         "dropout": head_dropout(params["head"], params["dropout"])}
-    session.skipped.update({s.path: s.reason for s in splits.skipped})  # not images: never
-                                                                    # an error, even --strict
+    dropout = head_dropout(params["head"], params["dropout"])  # the backbone drew numbers
+    head = build_head(params["head"], source.backbone.feature_dim, len(splits.classes),
+                      params["hidden"], dropout)
+    runtime = Runtime.resolve(params["device"], params["precision"]) if needs_network else None
+    dist = None
+    if needs_network:
+        from graftwork.training.distributed import Distributed
+
+        dist = Distributed.from_env()  # torchrun / accelerate launch
+        log.info("device %s, precision %s (%s)", *runtime.describe().values())
+    session = Session(source.backbone, head, source.preprocessing, train_bn=params["train_bn"],
+                      options=RunOptions.from_params(params),
+                      skipped={s.path: s.reason for s in splits.skipped},  # not images: never
+                      head_spec={"kind": "mlp" if params["head"] == "auto" else params["head"],
+                                 "hidden": params["hidden"], "dropout": dropout},  # an error
+                      dist=dist)
     history = History()
     ctx = PhaseContext(params, session, splits, checkpoint_dir, resume,
-                       [history, LogLines(), *callbacks],
+                       [history, LogLines(), *callbacks], runtime=runtime, dist=dist,
                        class_weights=resolve_class_weights(params.get("class_weights"),
                                                            splits.classes,
                                                            [s.label for s in splits.train]))
-    if any(p.needs_network for p in phases):
-        from graftwork.training.distributed import Distributed
-
-        ctx.dist = session.dist = Distributed.from_env()  # torchrun / accelerate launch
-        ctx.runtime = Runtime.resolve(params["device"], params["precision"])
-        log.info("device %s, precision %s (%s)", *ctx.runtime.describe().values())
-    clf.runtime_ = ctx.runtime.describe() if ctx.runtime else {"device": "cpu",
-                                                                "precision": "fp32",
-                                                                "reason": "head on features"}
+    clf.runtime_ = runtime.describe() if runtime else {"device": "cpu", "precision": "fp32",
+                                                       "reason": "head on features"}
     for phase in phases:
         phase.check(ctx)  # every phase's parameters, before any training
     if checkpoint_dir is not None:
         ctx.fingerprint = fingerprint(params, splits)
     clf.classes_, clf.splits_, clf.session_ = splits.classes, splits, session
-    clf.pretrained_weights_, clf.preprocessing_ = backbone.weights, preprocessing
-    clf.phases_, clf.trainable_, clf.phase_configs_, clf.skipped_phases_ = [], {}, {}, {}
-    best: tuple[float, float, str, dict[str, torch.Tensor], bool] | None = None
+    clf.pretrained_weights_, clf.preprocessing_ = source.backbone.weights, source.preprocessing
     sequence = params["strategy"] in SEQUENCES
-    for i, phase in enumerate(phases):
-        why = phase.skip(ctx, best[0] if best else None) if sequence and i else None
-        if why:
-            log.info("%s skipped: %s", phase.name, why)
-            clf.skipped_phases_[phase.name] = why
-            continue
-        start = ctx.previous
-        if sequence and best is not None and best[2] != ctx.previous:
-            # a rung that did not improve validation is not climbed from: the next phase
-            # warm-starts from the best phase so far
-            log.info("%s starts from %s (%s did not improve validation accuracy)", phase.name,
-                     best[2], ctx.previous)
-            session.model.load_state_dict(best[3])
-            session.pristine, start = best[4], best[2]
-        result, cfg, counts = phase.run(ctx)
-        ctx.previous = phase.name
-        clf.trainable_[phase.name], clf.phase_configs_[phase.name] = counts, cfg
-        val = result.best_val or {"accuracy": math.nan, "loss": math.nan}
-        test = _evaluate(session, splits.test) if splits.test else {}
-        row = {"phase": phase.name, "best_val_accuracy": val.get("accuracy"),
-               "best_val_loss": val.get("loss"), "test_accuracy": test.get("accuracy"),
-               "test_loss": test.get("loss"), "epochs": len(result.history),
-               "best_epoch": result.best_epoch, "wall_time_s": round(result.seconds, 2),
-               "trainable_params": counts["trainable_params"], "warm_start": start}
-        clf.phases_.append(row)
-        dispatch(ctx.callbacks, "on_phase_end", phase.name, row)
-        score = (val.get("accuracy", -1.0), -val.get("loss", 0.0))
-        if len(phases) > 1 and (best is None or score > best[:2]):
-            state = {k: v.clone() for k, v in session.model.state_dict().items()}
-            best = (*score, phase.name, state, session.pristine)
+    climbed = climb(phases, ctx, sequence=sequence,
+                    test=lambda: session.score(splits.test) if splits.test else {})
+    clf.phases_, clf.trainable_ = climbed.rows, climbed.trainable
+    clf.phase_configs_, clf.skipped_phases_ = climbed.configs, climbed.skipped
+    if climbed.kept is not None:
+        clf.best_phase_ = climbed.kept.phase
     clf.history_ = history.rows
     clf.head_ = dict(session.head_spec)
     clf.extract_stats_ = session.extract_stats
     clf.unfrozen_blocks_ = session.unfrozen_blocks
-    if sequence and best is not None:
-        session.model.load_state_dict(best[3])  # a sequence keeps its best phase
-        clf.best_phase_, session.pristine = best[2], best[4]
     clf.bn_ = recalibrate_if_needed(session, splits, params)
     session.eval()
     calibration = calibrate_if_asked(clf, session, splits, params)
@@ -161,47 +134,17 @@ def fit_classifier(clf: ImageClassifier, data: str | Path, *, checkpoint_dir: Pa
         clf.metrics_["calibration"] = calibration
 
 
-def _resolve_backbone(params: dict[str, Any], needs_network: bool) -> Any:
-    """The backbone; when no phase needs the network, its prepared record if one is stored
-    (no network is built unless some features are missing). Records are stored for later."""
-    root = params["cache_dir"] or default_cache_dir()
-    if not needs_network:
-        prepared = load_prepared(root, params["backbone"], params["weights"])
-        if prepared is not None:
-            log.info("backbone %s: prepared record %s", params["backbone"], prepared.path.name)
-            return prepared
-    backbone = create_backbone(params["backbone"], params["weights"])
-    store_prepared(root, params["backbone"], params["weights"], backbone,
-                   params["image_size"] or backbone.spec.input_size)
-    return backbone
-
-
 def fingerprint(params: dict[str, Any], splits: Splits) -> dict[str, Any]:
     """What a checkpoint was trained on: classes, the splits' contents, the settings."""
-    from graftwork.data.digests import file_digests
-
     h = hashlib.sha256()
     for name in ("train", "val"):
         samples = getattr(splits, name)
-        digests = file_digests([s.path for s in samples], params["cache_dir"] or default_cache_dir())
+        digests = file_digests([s.path for s in samples], cache_root(params["cache_dir"]))
         for s, d in sorted(zip(samples, digests), key=lambda t: (t[1] or b"", t[0].label)):
             h.update(name.encode() + (d or s.path.encode()) + str(s.label).encode())
-    from graftwork.estimator.persist import learned_settings
-
     return {"classes": list(splits.classes), "data": h.hexdigest()[:16],
             "backbone": params["backbone"], "strategy": params["strategy"],
             "settings": learned_settings(params)}
-
-
-def _evaluate(session: Session, samples: Sequence[Sample]) -> dict[str, float]:
-    return score_logits(samples, *session.logits(samples))
-
-
-def score_logits(samples: Sequence[Sample], logits: torch.Tensor,
-                 ok: torch.Tensor) -> dict[str, float]:
-    """Accuracy and loss of ``logits`` (rows of the samples where ``ok``)."""
-    labels = torch.tensor([s.label for s in samples], dtype=torch.long)[ok]
-    return evaluate(nn.Identity(), [(logits, labels)])
 
 
 def recalibrate_if_needed(session: Session, splits: Splits, params: dict[str, Any]) -> dict[str, Any]:
@@ -218,18 +161,18 @@ def recalibrate_if_needed(session: Session, splits: Splits, params: dict[str, An
     if not params["recalibrate"]:
         policy["reason"] = "recalibration disabled"
         return policy
-    before = _evaluate(session, splits.val) if splits.val else {}
+    before = session.score(splits.val) if splits.val else {}
     batches = tqdm(session.image_batches(splits.train, eval_transform(session.preprocessing),
                                          None, 64),
                    desc="recalibrate BN", total=session.steps(len(splits.train), 64),
-                   unit="batch", disable=not session.progress, leave=False)
+                   unit="batch", disable=not session.options.progress, leave=False)
     names = bn_mod.recalibrate(session.model, batches, [f"backbone.{n}" for n in layers])
-    after = _evaluate(session, splits.val) if splits.val else {}
+    after = session.score(splits.val) if splits.val else {}
     policy.update(recalibrated=True, layers=len(names), val_before=before, val_after=after)
     return policy
 
 
-def calibrate_if_asked(clf: ImageClassifier, session: Session, splits: Splits,
+def calibrate_if_asked(clf: ParamsMixin, session: Session, splits: Splits,
                        params: dict[str, Any]) -> dict[str, Any]:
     """With ``calibrate``: a softmax temperature fitted on the validation logits, applied by
     the session from now on (``clf.calibration_``); returns the metrics section (ECE and
@@ -258,11 +201,11 @@ def calibrate_if_asked(clf: ImageClassifier, session: Session, splits: Splits,
     return {**report, "split": name}
 
 
-def _final_metrics(clf: ImageClassifier, session: Session, splits: Splits,
+def _final_metrics(clf: ParamsMixin, session: Session, splits: Splits,
                    seconds: float) -> dict[str, Any]:
     for name in ("train", "val", "test"):
         check_usable(session, getattr(splits, name), name)
-    metrics: dict[str, Any] = {"val": _evaluate(session, splits.val) if splits.val else {}}
+    metrics: dict[str, Any] = {"val": session.score(splits.val) if splits.val else {}}
     if splits.test:
         logits, ok = session.logits(splits.test)  # once for the metrics and the rows
         metrics["test"] = score_logits(splits.test, logits, ok)
@@ -282,17 +225,3 @@ def check_usable(session: Session, samples: Sequence[Sample], split: str) -> Non
                         f"e.g. {first}: {session.skipped[first]})",
                         "fix or replace the images (the reasons are listed above), or check "
                         "--image-size")
-
-
-def prediction_rows(classes: Sequence[str], samples: Sequence[Sample], logits: torch.Tensor,
-                    ok: torch.Tensor) -> list[dict[str, Any]]:
-    """One row per usable sample: path, label, prediction, probabilities, loss."""
-    probs = logits.softmax(1)
-    kept = [s for s, good in zip(samples, ok.tolist()) if good]
-    rows = []
-    for s, p in zip(kept, probs):
-        pred = int(p.argmax())
-        rows.append({"path": s.path, "label": classes[s.label], "pred": classes[pred],
-                     "prob": round(float(p[pred]), 6), "prob_true": round(float(p[s.label]), 6),
-                     "loss": round(-math.log(max(float(p[s.label]), 1e-12)), 6)})
-    return rows

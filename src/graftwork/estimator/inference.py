@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from graftwork.estimator.fit import score_logits
-from graftwork.estimator.session import Session
+from graftwork.features.session import Session
 from graftwork.data.discover import Sample, Skipped, discover, list_images
 from graftwork.data.transforms import eval_transform
 from graftwork.errors import DataError
@@ -41,7 +40,7 @@ def folder_samples(classes: Sequence[str], data: str | Path) -> list[Sample]:
 def evaluate_folder(session: Session, classes: Sequence[str], data: str | Path) -> dict[str, Any]:
     """Accuracy and loss on a labelled folder; ``skipped`` counts unusable images."""
     samples = folder_samples(classes, data)
-    result: dict[str, Any] = score_logits(samples, *session.logits(samples))
+    result: dict[str, Any] = session.score(samples)
     result["skipped"] = len(samples) - int(result["n"])
     return result
 
@@ -121,9 +120,9 @@ def _train_batches(session: Session, classes: Sequence[str], data: str | Path,
 
 @contextlib.contextmanager
 def _on_device(session: Session) -> Iterator[Callable[[Any], Any]]:
-    """The model on ``session.device`` inside the block (back on the CPU after it), and the
+    """The model on ``session.options.device`` inside the block (back on the CPU after it), and the
     function that moves a batch there."""
-    device = torch.device(session.device)
+    device = torch.device(session.options.device)
     if device.type == "cpu":
         yield lambda b: b
         return

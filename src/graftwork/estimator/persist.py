@@ -10,7 +10,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -18,7 +18,8 @@ from torch import nn
 
 from graftwork import rundir
 from graftwork.features.prepared import PreparedBackbone
-from graftwork.estimator.session import Session
+from graftwork.estimator.base import ParamsMixin
+from graftwork.features.session import RunOptions, Session
 from graftwork.backbones.spec import WeightsInfo
 from graftwork.backbones.catalog import create_backbone
 from graftwork.data.transforms import AugmentConfig
@@ -27,14 +28,11 @@ from graftwork.model.heads import build_head, head_dropout
 from graftwork.model.graft import GraftModel, parameter_counts
 from graftwork.model.summary import backbone_table, run_summary
 
-if TYPE_CHECKING:
-    from graftwork.estimator.classifier import ImageClassifier
-
 __all__ = ["run_config", "learned_settings", "save_run", "load_run", "wrap_model", "run_summary_text",
            "save_metrics", "RUNTIME_PARAMS"]
 
 log = logging.getLogger(__name__)
-C = TypeVar("C", bound="ImageClassifier")
+C = TypeVar("C", bound=ParamsMixin)  # an ImageClassifier
 #: How to run, not what was learned: not saved as hyperparameters.
 RUNTIME_PARAMS = ("cache_dir", "num_workers", "progress", "strict", "engine")
 
@@ -46,13 +44,13 @@ def learned_settings(params: dict[str, Any]) -> dict[str, Any]:
             if k not in RUNTIME_PARAMS}
 
 
-def _hyperparameters(clf: ImageClassifier) -> dict[str, Any]:
+def _hyperparameters(clf: ParamsMixin) -> dict[str, Any]:
     params = learned_settings(clf.get_params(deep=False))
     params["phases"] = {k: c.as_dict() for k, c in getattr(clf, "phase_configs_", {}).items()}
     return params
 
 
-def run_config(clf: ImageClassifier) -> dict[str, Any]:
+def run_config(clf: ParamsMixin) -> dict[str, Any]:
     """Everything needed to rebuild ``clf``'s model, and to know how it was made."""
     session: Session = clf.session_
     backbone = session.backbone
@@ -87,7 +85,7 @@ def run_summary_text(session: Session) -> str:
     return run_summary(text, session.head, backbone.feature_dim, session.counts())
 
 
-def save_run(clf: ImageClassifier, run_dir: str | Path) -> Path:
+def save_run(clf: ParamsMixin, run_dir: str | Path) -> Path:
     """Write the model (atomically), then its sealed config, metrics, history, predictions and
     skipped files; files of an earlier save that this run does not write are removed."""
     out = Path(run_dir)
@@ -123,9 +121,9 @@ def save_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
     rundir.write_json(Path(run_dir) / rundir.METRICS_FILE, metrics)
 
 
-def _session_for(clf: ImageClassifier, model: GraftModel, pre: dict[str, Any]) -> Session:
-    session = Session(model.backbone, model.head, pre, train_bn=model.train_bn,
-                      cache_dir=clf.cache_dir, num_workers=clf.num_workers, progress=False)
+def _session_for(clf: ParamsMixin, model: GraftModel, pre: dict[str, Any]) -> Session:
+    options = RunOptions(cache_dir=clf.cache_dir, num_workers=clf.num_workers)
+    session = Session(model.backbone, model.head, pre, train_bn=model.train_bn, options=options)
     session.pristine = False  # a saved model always runs whole
     return session
 

@@ -1,16 +1,23 @@
 """Feature extraction with an on-disk cache: one module per job.
 
+- :mod:`.open` — ``open_features``: THE way to the features of a backbone (cache folder, the
+  prepared record or the network); fitting, ``graft extract`` and ``graft audit`` use it
+- :mod:`.prepared` — a backbone's weights and facts stored once, so cached re-runs build no
+  network
 - :mod:`.cache` — shards of features keyed by image content, checksummed, shared by processes
 - :mod:`.decode` — uint8 resize + crop in workers, normalisation in the engine
 - :mod:`.engines` — what runs a network: ONNX Runtime, eager torch, or the automatic choice
 - :mod:`.pipeline` — ``extract_features``: digests, cache look-ups, decoding, the engine, shards
 - :mod:`.folder` — ``extract_folder``: a whole image folder, or shard i of n, into the cache
+- :mod:`.views` — augmented views (and test-time flips) of images as cached features
 - :mod:`.ray_engine` — the backbone in Ray actors (``engine="ray"``; optional ``ray``)
+- :mod:`.session` — the model being fitted or used over all of this (``Session``), and how to
+  run it (``RunOptions``)
 """
 from __future__ import annotations
 
 from graftwork.data.digests import file_digest
-from graftwork.features.cache import FeatureCache, default_cache_dir
+from graftwork.features.cache import FeatureCache, cache_root, default_cache_dir
 from graftwork.features.decode import FastEvalTransform, FromPixels, Normalize, resize_size
 from graftwork.features.engines import (ENGINES, AutoEngine, Engine, OnnxEngine, Runner,
                                         TorchEngine, create_engine, export_onnx, onnx_available,
@@ -18,8 +25,9 @@ from graftwork.features.engines import (ENGINES, AutoEngine, Engine, OnnxEngine,
 from graftwork.features.pipeline import (ExtractResult, IndexBatches, bind_backbone,
                                          bind_pixels, default_workers, extract_features)
 from graftwork.features.folder import extract_folder, shard_from_env, shard_samples
+from graftwork.features.open import FeatureSource, open_features
 
-__all__ = ["FeatureCache", "default_cache_dir", "FastEvalTransform", "FromPixels", "Normalize",
+__all__ = ["open_features", "FeatureSource", "FeatureCache", "cache_root", "default_cache_dir", "FastEvalTransform", "FromPixels", "Normalize",
            "resize_size", "ENGINES", "AutoEngine", "Engine", "OnnxEngine", "Runner",
            "TorchEngine", "create_engine", "export_onnx", "onnx_available", "ort_session",
            "ExtractResult", "IndexBatches", "bind_backbone", "bind_pixels", "default_workers",

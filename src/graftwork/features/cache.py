@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from graftwork.rundir.files import atomic_file
 
-__all__ = ["FeatureCache", "default_cache_dir", "SHARD_ROWS"]
+__all__ = ["FeatureCache", "default_cache_dir", "cache_root", "SHARD_ROWS"]
 
 log = logging.getLogger(__name__)
 SHARD_ROWS = 2048
@@ -39,6 +39,12 @@ def default_cache_dir() -> Path:
     """``$GRAFT_CACHE_DIR`` or ``~/.cache/graftwork``."""
     env = os.environ.get("GRAFT_CACHE_DIR")
     return Path(env) if env else Path.home() / ".cache" / "graftwork"
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """The cache folder a run uses: ``cache_dir`` when given, else :func:`default_cache_dir`
+    (the one place this rule is written)."""
+    return Path(cache_dir) if cache_dir else default_cache_dir()
 
 
 def _checksum(features: torch.Tensor, digests: torch.Tensor) -> str:

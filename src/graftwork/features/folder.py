@@ -68,28 +68,21 @@ def extract_folder(data: str | Path, backbone: str = "efficientnet_lite0",
     backbone, weights and image size then reads them from the cache. ``engine="ray"`` runs the
     backbone in Ray actors (``address`` of a cluster, default a local one). ``seed`` seeds as
     ``graft train --seed`` does: ``weights="random"`` then gives the same network (cache key)."""
-    from graftwork.features.prepared import store_prepared
-    from graftwork.backbones.catalog import create_backbone
-    from graftwork.features.cache import default_cache_dir
+    from graftwork.features.open import open_features
     from graftwork.training.loop import seed_everything
 
     shard = shard_from_env() if shard is None else parse_shard(f"{shard[0]}/{shard[1]}")
     seed_everything(seed)  # as fitting does before building the backbone
     splits = discover(data, seed=seed)
     mine = shard_samples([*splits.train, *splits.val, *splits.test], shard)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    net = create_backbone(backbone, weights)
-    size = image_size or net.spec.input_size
-    if shard[0] == 0:  # one writer is enough: a later `graft train` skips building the network
-        store_prepared(root, backbone, weights, net, size)
-    preprocessing = net.spec.preprocessing(image_size)
+    source = open_features(backbone, weights, image_size, cache_dir)
     log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(mine),
              len(splits.train) + len(splits.val) + len(splits.test))
     if engine == "ray":
         from graftwork.features.ray_engine import ray_extract
 
-        return ray_extract(net, mine, preprocessing, root, batch_size=batch_size,
-                           workers=num_workers, address=address)
-    return extract_features(net, mine, preprocessing, root, batch_size=batch_size,
-                            num_workers=num_workers, progress=progress, materialize=False,
-                            desc=f"extract {shard[0]}/{shard[1]}", engine=engine)
+        return ray_extract(source.network(), mine, source.preprocessing, source.root,
+                           batch_size=batch_size, workers=num_workers, address=address)
+    return source.extract(mine, batch_size=batch_size, num_workers=num_workers,
+                          progress=progress, materialize=False,
+                          desc=f"extract {shard[0]}/{shard[1]}", engine=engine)

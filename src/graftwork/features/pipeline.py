@@ -22,7 +22,8 @@ from graftwork.data.digests import file_digests
 from graftwork.data.images import ImageDataset, collate_skip
 from graftwork.data.discover import Sample, Skipped
 from graftwork.errors import BadImageError
-from graftwork.features.cache import SHARD_ROWS, FeatureCache, default_cache_dir
+from graftwork.features.cache import SHARD_ROWS, FeatureCache
+from graftwork.features.cache import cache_root as resolve_root
 from graftwork.features.decode import FastEvalTransform, FromPixels, resize_size
 from graftwork.features.engines import Engine, Runner, create_engine
 
@@ -74,7 +75,7 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: di
     bad content).
     """
     start = time.perf_counter()
-    root = Path(cache_root or default_cache_dir())
+    root = resolve_root(cache_root)
     cache = FeatureCache(root, backbone, preprocessing)
     digests = file_digests([s.path for s in samples], root)
     skipped = [Skipped(s.path, "cannot read file") for s, d in zip(samples, digests) if d is None]

@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -23,12 +23,9 @@ from graftwork.data.digests import file_digests
 from graftwork.data.transforms import AugmentConfig, augment_ops
 from graftwork.data.images import ImageDataset
 from graftwork.data.discover import Sample, Skipped
-from graftwork.features.cache import FeatureCache, default_cache_dir
+from graftwork.features.cache import FeatureCache
 from graftwork.features.decode import FastEvalTransform, resize_size
 from graftwork.features.pipeline import ExtractResult, _run_extraction
-
-if TYPE_CHECKING:
-    from graftwork.estimator.session import Session
 
 __all__ = ["HFLIP", "augment_recipe", "view_digest", "ViewDataset", "extract_views"]
 
@@ -76,15 +73,17 @@ class ViewDataset(ImageDataset):
             return super().__getitem__(index)
 
 
-def extract_views(session: Session, samples: Sequence[Sample], recipe: dict[str, Any],
-                  views: int, desc: str) -> ExtractResult:
+def extract_views(backbone: Any, samples: Sequence[Sample], preprocessing: dict[str, Any],
+                  cache_root: Path, recipe: dict[str, Any], views: int, desc: str, *,
+                  batch_size: int = 64, num_workers: int | None = None, progress: bool = False,
+                  engine: Any = None) -> ExtractResult:
     """Features of ``views`` views of every sample (rows view-major: all samples' view 0, then
-    view 1, ...), from the cache where possible; ``ok`` marks the usable rows."""
+    view 1, ...), from the cache in ``cache_root`` where possible; ``ok`` marks the usable
+    rows. ``backbone`` is a network or its prepared record (built only to extract)."""
     start = time.perf_counter()
-    root = Path(session.cache_dir or default_cache_dir())
-    backbone, pre = session.backbone, session.preprocessing
-    cache = FeatureCache(root, backbone, pre)
-    digests = file_digests([s.path for s in samples], root)
+    pre = preprocessing
+    cache = FeatureCache(cache_root, backbone, pre)
+    digests = file_digests([s.path for s in samples], cache_root)
     keys = [view_digest(d, recipe, v) if d is not None else None
             for v in range(views) for d in digests]
     items = [s for _ in range(views) for s in samples]
@@ -100,11 +99,9 @@ def extract_views(session: Session, samples: Sequence[Sample], recipe: dict[str,
         chosen = [items[i] for i in todo]
         dataset = ViewDataset(chosen, [int.from_bytes(keys[i][:7], "little") for i in todo],  # type: ignore[index]
                               recipe, pre)
-        bad, _ = _run_extraction(net, cache, chosen, [keys[i] for i in todo], pre,
-                                 max(session.batch_size, 32), session.num_workers,
-                                 session.progress, desc, session.engine, dataset=dataset)
+        bad, _ = _run_extraction(net, cache, chosen, [keys[i] for i in todo], pre, batch_size,
+                                 num_workers, progress, desc, engine, dataset=dataset)
         skipped = [Skipped(chosen[i].path, r) for i, r in bad]
-        session.note_skipped(skipped)
     features, ok = cache.gather(keys)
     result = ExtractResult(features, ok, skipped, len(todo) - len(skipped),
                            len(keys) - len(todo), time.perf_counter() - start)

@@ -22,20 +22,18 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from graftwork.training.callbacks import Callback, dispatch
 from graftwork.data.discover import Splits
+from graftwork.features.session import Session
 from graftwork.training.devices import Runtime
 from graftwork.model.fold import folded_batchnorm
 from graftwork.model.graft import freeze_backbone, parameter_counts
 from graftwork.training.loop import FitResult, TrainConfig, fit
-
-if TYPE_CHECKING:
-    from graftwork.estimator.session import Session
 
 __all__ = ["Phase", "PhaseDefaults", "PhaseContext", "Batches", "PHASE_OPTIONS",
            "phase_params", "check_phase_options"]
@@ -210,7 +208,7 @@ class Phase:
         with folding:
             result = fit(plan.model, lambda g: plan.train(g, bs), plan.validate, cfg,
                          param_groups=groups, steps_per_epoch=max(1, math.ceil(plan.n / bs)),
-                         phase=self.name, progress=ctx.session.progress,
+                         phase=self.name, progress=ctx.session.options.progress,
                          checkpoint=ctx.checkpoint(self.name), resume=ctx.resume,
                          callbacks=ctx.callbacks,
                          fingerprint={**ctx.fingerprint, "phase": self.name,

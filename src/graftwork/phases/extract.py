@@ -24,12 +24,12 @@ def augmented_views(ctx: PhaseContext, views: int, x: torch.Tensor, y: torch.Ten
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(x, y)`` followed by the cached features of ``views`` augmented views of every
     training image (:mod:`graftwork.features.views`)."""
-    from graftwork.features.views import augment_recipe, extract_views
+    from graftwork.features.views import augment_recipe
 
     s, train = ctx.session, ctx.splits.train
     recipe = augment_recipe(ctx.params.get("augment"), ctx.params.get("augment_policy")
                             or "classic")
-    res = extract_views(s, train, recipe, views, "features train views")
+    res = s.extract_views(train, recipe, views, "features train views")
     stats = s.extract_stats
     stats["views_extracted"] = stats.get("views_extracted", 0) + res.extracted
     stats["views_cached"] = stats.get("views_cached", 0) + res.cached

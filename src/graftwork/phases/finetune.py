@@ -129,7 +129,7 @@ class Finetune(Phase):
             return PhasePlan(model, augmented_batches(ctx), validate, n,
                              example=example.contiguous(memory_format=torch.channels_last))
         prefix, suffix = parts
-        runner = bind_prefix(prefix, model, s.preprocessing, s.cache(), s.engine,
+        runner = bind_prefix(prefix, model, s.preprocessing, s.cache(), s.options.engine,
                              planned_images(ctx, self))
         tail = nn.Sequential(suffix, model.head).to(memory_format=torch.channels_last)
         gate = Gate()

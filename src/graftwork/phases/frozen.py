@@ -65,7 +65,7 @@ class Frozen(Phase):
         n = len(ctx.splits.train)
         if engine:
             model.eval()
-            runner = bind_backbone(model.backbone, s.preprocessing, s.cache(), s.engine,
+            runner = bind_backbone(model.backbone, s.preprocessing, s.cache(), s.options.engine,
                                    planned_images(ctx, self))
             gate = Gate()
             return PhasePlan(OnEngine(runner, model.head, model, gate),

@@ -1,5 +1,7 @@
-"""The fitted model and how to run it: backbone (or its prepared record) + head, the feature
-cache, data loaders, evaluation logits, skipped-file bookkeeping.
+"""The model being fitted or used and how to run it: backbone (or its prepared record) + head,
+the feature cache, data loaders, evaluation logits, skipped-file bookkeeping; and
+:class:`RunOptions`, the one frozen object that says how to run (cache, workers, engine,
+device, test-time augmentation). The phases train a session; the estimator holds one.
 
 While every feature comes from the cache, the backbone network is never built: the session
 holds a prepared record (weights + facts) and builds the network on first use of ``model``.
@@ -7,54 +9,84 @@ holds a prepared record (weights + facts) and builds the network on first use of
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from graftwork.features.prepared import PreparedBackbone
 from graftwork.backbones.network import Backbone
-from graftwork.data.images import ImageDataset, collate_skip
 from graftwork.data.discover import Sample, Skipped
+from graftwork.data.images import ImageDataset, collate_skip
 from graftwork.errors import BadImageError, DataError
-from graftwork.features import ExtractResult, default_workers, extract_features
+from graftwork.features.cache import FeatureCache, cache_root
+from graftwork.features.decode import FastEvalTransform, resize_size
+from graftwork.features.engines import AutoEngine, OnnxEngine, TorchEngine
+from graftwork.features.prepared import PreparedBackbone
+from graftwork.features.pipeline import (ExtractResult, Gated, bind_pixels, default_workers,
+                                         extract_features, extract_workers, gated_stream)
+from graftwork.features.views import HFLIP, extract_views
+from graftwork.model.calibration import tta_logits
 from graftwork.model.graft import GraftModel, parameter_counts
+from graftwork.training.metrics import score_logits
 
-__all__ = ["Session", "PREDICT_EXPORT_MIN"]
+__all__ = ["Session", "RunOptions", "PREDICT_EXPORT_MIN"]
 
 #: Images from which "auto" exports a whole model to ONNX for prediction (an export takes
 #: seconds; ONNX Runtime then runs ~2x eager torch on a CPU); an export already made is reused.
 PREDICT_EXPORT_MIN = 1000
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a model, not what it learned: the cache, workers, engine, device, batches.
+
+    ``ImageClassifier`` derives it from its parameters; the runtime fields (:data:`FOLLOWS`)
+    follow ``set_params`` after fitting or loading (``Session.configure``).
+    """
+
+    cache_dir: str | None = None
+    batch_size: int = 32
+    num_workers: int | None = None
+    strict: bool = False
+    progress: bool = False
+    engine: Any = "auto"  # a name or an Engine object
+    device: str = "cpu"  # where eager torch runs the network (engines, BN tools)
+    tta: bool = False  # average the probabilities of each image and its mirror image
+
+    #: The fields a fitted classifier's ``set_params`` changes.
+    FOLLOWS: ClassVar[tuple[str, ...]] = ("cache_dir", "num_workers", "engine", "device", "tta")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any], device: str = "cpu") -> RunOptions:
+        """The options an ``ImageClassifier``'s parameters give (``device`` resolved)."""
+        return cls(cache_dir=params.get("cache_dir"), batch_size=params.get("batch_size", 32),
+                   num_workers=params.get("num_workers"), strict=bool(params.get("strict")),
+                   progress=bool(params.get("progress")),
+                   engine=params.get("engine") or "auto", device=device,
+                   tta=bool(params.get("tta")))
+
+
 class Session:
-    """Backbone + head with the options that say how to run them (cache, workers, engine)."""
+    """Backbone + head, and ``options`` (:class:`RunOptions`) saying how to run them."""
 
     def __init__(self, backbone: Backbone | PreparedBackbone, head: nn.Module,
                  preprocessing: dict[str, Any], *, train_bn: bool = False,
-                 cache_dir: str | None = None, batch_size: int = 32,
-                 num_workers: int | None = None, strict: bool = False, progress: bool = False,
-                 engine: Any = None) -> None:
+                 options: RunOptions = RunOptions(), skipped: Mapping[str, str] | None = None,
+                 head_spec: Mapping[str, Any] | None = None, dist: Any = None) -> None:
         self.head = head
         self.preprocessing = preprocessing
         self.train_bn = train_bn
-        self.cache_dir = cache_dir
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.strict = strict
-        self.progress = progress
-        self.engine = engine
-        self.device = "cpu"  # where eager torch runs the network (engines, BN tools)
-        self.tta = False  # average the probabilities of each image and its mirror image
+        self.options = options
         self.temperature = 1.0  # logits are divided by it (temperature scaling)
         self.pristine = True  # backbone weights as pretrained: cached features are valid
-        self.skipped: dict[str, str] = {}
+        self.skipped: dict[str, str] = dict(skipped or {})  # path -> why it was not used
         self.unfrozen_blocks: list[str] = []
-        self.head_spec: dict[str, Any] = {}  # kind, hidden, dropout of the head in use
+        self.head_spec: dict[str, Any] = dict(head_spec or {})  # kind, hidden, dropout in use
         self.extract_stats = {"extracted": 0, "cached": 0}
-        self.dist: Any = None  # a graftwork.distributed.Distributed: training batches shared out
+        self.dist = dist  # a training.distributed.Distributed: training batches shared out
         self._seen: set[str] = set()
         self._model: GraftModel | None = None
         self._prepared: PreparedBackbone | None = None
@@ -62,6 +94,16 @@ class Session:
             self._prepared = backbone
         else:
             self._model = GraftModel(backbone, head, train_bn)
+
+    def configure(self, options: RunOptions) -> Session:
+        """Run with ``options`` from now on (what was learned is unchanged); returns self."""
+        self.options = options
+        return self
+
+    @property
+    def root(self) -> Path:
+        """The cache folder (features, prepared records, engine exports)."""
+        return cache_root(self.options.cache_dir)
 
     # ------------------------------------------------------------------ the model
     @property
@@ -106,7 +148,7 @@ class Session:
     # ------------------------------------------------------------------ bookkeeping
     def note_skipped(self, skipped: Sequence[Skipped]) -> None:
         """Record files that could not be used; any is an error in strict mode."""
-        if skipped and self.strict:
+        if skipped and self.options.strict:
             raise BadImageError(f"{skipped[0].path}: {skipped[0].reason}",
                                 "fix or remove the file, or run without --strict")
         for s in skipped:
@@ -115,15 +157,28 @@ class Session:
     # ------------------------------------------------------------------ features
     def extract(self, samples: Sequence[Sample], desc: str) -> ExtractResult:
         """Backbone features of ``samples`` through the cache; counts and skipped recorded."""
-        res = extract_features(self.backbone, samples, self.preprocessing, self.cache_dir,
-                               batch_size=max(self.batch_size, 32), num_workers=self.num_workers,
-                               progress=self.progress, strict=self.strict, desc=desc,
+        opts = self.options
+        res = extract_features(self.backbone, samples, self.preprocessing, self.root,
+                               batch_size=max(opts.batch_size, 32), num_workers=opts.num_workers,
+                               progress=opts.progress, strict=opts.strict, desc=desc,
                                engine=self.engine_for())
         self.note_skipped(res.skipped)
         new = {s.path for s in samples} - self._seen  # each image counted once per fit
         self._seen |= new
         self.extract_stats["extracted"] += res.extracted
         self.extract_stats["cached"] += max(0, min(res.cached, len(new) - res.extracted))
+        return res
+
+    def extract_views(self, samples: Sequence[Sample], recipe: dict[str, Any], views: int,
+                      desc: str) -> ExtractResult:
+        """Features of ``views`` views of every sample (:mod:`graftwork.features.views`);
+        files that cannot be used are noted as skipped."""
+        opts = self.options
+        res = extract_views(self.backbone, samples, self.preprocessing, self.root, recipe, views,
+                            desc, batch_size=max(opts.batch_size, 32),
+                            num_workers=opts.num_workers, progress=opts.progress,
+                            engine=opts.engine)
+        self.note_skipped(res.skipped)
         return res
 
     def features(self, samples: Sequence[Sample], desc: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,15 +199,13 @@ class Session:
 
         With a ``gate`` (see ``features.pipeline.Gated``) there is a decode worker per core,
         each decoding only while the engine in this process is not computing."""
-        workers = default_workers() if self.num_workers is None else self.num_workers
+        workers = default_workers() if self.options.num_workers is None else self.options.num_workers
         dataset: Any = ImageDataset(samples, transform,
                                     draft_size=self.preprocessing["image_size"])
         workers = workers if len(samples) > batch_size else 0
         extra: dict[str, Any] = {}
         if gate is not None and workers:
-            from graftwork.features.pipeline import Gated, extract_workers
-
-            workers = extract_workers() if self.num_workers is None else workers
+            workers = extract_workers() if self.options.num_workers is None else workers
             dataset = Gated(dataset, gate.event)
             extra = {"prefetch_factor": 4, "multiprocessing_context": gate.context}
         if generator is not None and self.dist is not None:  # this process's training batches
@@ -177,20 +230,17 @@ class Session:
                     gate: Any = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(images, labels) batches as ``transform`` makes them (uint8 NHWC for the engines);
         bad files noted as skipped."""
-        for batch in self.loader(samples, transform, batch_size or self.batch_size, generator,
+        for batch in self.loader(samples, transform, batch_size or self.options.batch_size, generator,
                                  gate):
             self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
             yield batch["images"], batch["labels"]
 
-    def cache(self) -> Any:
+    def cache(self) -> FeatureCache:
         """The feature cache of this backbone and preprocessing (also keeps engine exports)."""
-        from graftwork.features import FeatureCache, default_cache_dir
-
-        return FeatureCache(self.cache_dir or default_cache_dir(), self.backbone,
-                            self.preprocessing)
+        return FeatureCache(self.root, self.backbone, self.preprocessing)
 
     def steps(self, n: int, batch_size: int | None = None) -> int:
-        return math.ceil(n / (batch_size or self.batch_size))
+        return math.ceil(n / (batch_size or self.options.batch_size))
 
     # ------------------------------------------------------------------ evaluation
     def logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -203,18 +253,18 @@ class Session:
         logits, ok = self._raw_logits(samples)
         return (logits / self.temperature if self.temperature != 1.0 else logits), ok
 
-    def _raw_logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
-        from graftwork.model.calibration import tta_logits
+    def score(self, samples: Sequence[Sample]) -> dict[str, float]:
+        """Accuracy, loss and ``n`` of the model on ``samples`` (eval mode)."""
+        return score_logits(samples, *self.logits(samples))
 
+    def _raw_logits(self, samples: Sequence[Sample]) -> tuple[torch.Tensor, torch.Tensor]:
         self.eval()
         if self.pristine:
             res = self.extract(samples, "features eval")
-            if not self.tta:
+            if not self.options.tta:
                 with torch.inference_mode():
                     return self.head(res.features[res.ok]), res.ok  # type: ignore[index]
-            from graftwork.features.views import HFLIP, extract_views
-
-            flip = extract_views(self, samples, HFLIP, 1, "features eval (flipped)")
+            flip = self.extract_views(samples, HFLIP, 1, "features eval (flipped)")
             ok = res.ok & flip.ok
             with torch.inference_mode():
                 return tta_logits(self.head(res.features[ok]),  # type: ignore[index]
@@ -225,21 +275,16 @@ class Session:
         """The whole model on an inference engine, on uint8 crops decoded in worker processes
         (the extraction pipeline): ONNX Runtime for jobs that repay an export (the graph is
         kept in the cache, keyed by the model's weights), eager torch otherwise."""
-        from graftwork.model.calibration import tta_logits
-        from graftwork.features import (FastEvalTransform, bind_pixels, default_cache_dir,
-                                        resize_size)
-        from graftwork.features.pipeline import gated_stream
-
         model, pre = self.model, self.preprocessing
         model.eval()
         engine = self.engine_for(PREDICT_EXPORT_MIN)
-        store = Path(self.cache_dir or default_cache_dir()) / "models"
+        store = self.root / "models"
 
         def bind() -> Any:
             run = bind_pixels(model, pre, store, "model", engine, len(samples))
-            return (lambda x: tta_logits(run(x), run(x.flip(2)))) if self.tta else run
+            return (lambda x: tta_logits(run(x), run(x.flip(2)))) if self.options.tta else run
 
-        workers = self.num_workers if self.num_workers is not None else (
+        workers = self.options.num_workers if self.options.num_workers is not None else (
             0 if len(samples) < 64 else None)
         dataset = ImageDataset(samples, FastEvalTransform(pre), draft_size=resize_size(pre))
         ok = torch.zeros(len(samples), dtype=torch.bool)
@@ -255,16 +300,14 @@ class Session:
     def engine_for(self, min_images: int = 128) -> Any:
         """The engine object for a job: the user's choice, with eager torch on ``device``; for
         "auto", ONNX Runtime from ``min_images`` images (or once an export exists)."""
-        from graftwork.features import AutoEngine, OnnxEngine, TorchEngine
-
-        torch_engine = TorchEngine(device=self.device)
-        if self.engine in (None, "auto"):
+        torch_engine = TorchEngine(device=self.options.device)
+        if self.options.engine in (None, "auto"):
             return AutoEngine(min_images=min_images, torch=torch_engine)
-        if self.engine == "torch":
+        if self.options.engine == "torch":
             return torch_engine
-        if self.engine == "onnx":
+        if self.options.engine == "onnx":
             return AutoEngine(min_images=0, onnx=OnnxEngine(), torch=torch_engine)
-        return self.engine  # an Engine object
+        return self.options.engine  # an Engine object
 
     def head_outputs(self) -> int:
         return [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1].out_features

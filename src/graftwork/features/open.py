@@ -1,0 +1,82 @@
+"""One way to open the features of a backbone: ``open_features(backbone, weights, image_size,
+cache_dir)``.
+
+It resolves the cache folder, and gives the backbone's prepared record when one is stored (no
+network is built: a re-run on cached features never imports timm or torchvision) or builds the
+backbone and stores its record for next time. Fitting (``estimator.fit``), ``graft extract``
+(:mod:`.folder`) and ``graft audit`` call it; :meth:`FeatureSource.extract` is their way to
+the features of a list of images.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from graftwork.backbones.catalog import create_backbone
+from graftwork.backbones.network import Backbone
+from graftwork.data.discover import Sample
+from graftwork.features.cache import FeatureCache, cache_root
+from graftwork.features.engines import Engine
+from graftwork.features.pipeline import ExtractResult, extract_features
+from graftwork.features.prepared import PreparedBackbone, load_prepared, store_prepared
+
+__all__ = ["FeatureSource", "open_features"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSource:
+    """The features of one backbone (its weights, at one preprocessing) in one cache folder.
+
+    ``backbone`` is the network, or its prepared record while no feature needs computing.
+    """
+
+    root: Path
+    backbone: Backbone | PreparedBackbone
+    preprocessing: dict[str, Any]
+
+    @property
+    def cache(self) -> FeatureCache:
+        """The cache shards of this backbone and preprocessing."""
+        return FeatureCache(self.root, self.backbone, self.preprocessing)
+
+    def network(self) -> Backbone:
+        """The backbone network (built from the prepared record on first use)."""
+        if isinstance(self.backbone, PreparedBackbone):
+            self.backbone = self.backbone.module()
+        return self.backbone
+
+    def extract(self, samples: Sequence[Sample], *, batch_size: int = 64,
+                num_workers: int | None = None, progress: bool = False, strict: bool = False,
+                materialize: bool = True, desc: str = "extract",
+                engine: str | Engine | None = None) -> ExtractResult:
+        """Features of ``samples`` from the cache, extracting (and caching) the missing ones;
+        see :func:`graftwork.features.pipeline.extract_features`."""
+        return extract_features(self.backbone, samples, self.preprocessing, self.root,
+                                batch_size=batch_size, num_workers=num_workers,
+                                progress=progress, strict=strict, materialize=materialize,
+                                desc=desc, engine=engine)
+
+
+def open_features(backbone: str, weights: str | None = None, image_size: int | None = None,
+                  cache_dir: str | Path | None = None, *, network: bool = False
+                  ) -> FeatureSource:
+    """The features of ``backbone`` (with ``weights``, at ``image_size``) in ``cache_dir``.
+
+    Without ``network``, a stored prepared record serves and no network is built unless some
+    feature is missing; otherwise (or when no record is stored) the backbone is built, and its
+    record stored for later runs (best effort: hub and random weights have none).
+    """
+    root = cache_root(cache_dir)
+    if not network:
+        prepared = load_prepared(root, backbone, weights)
+        if prepared is not None:
+            log.info("backbone %s: prepared record %s", backbone, prepared.path.name)
+            return FeatureSource(root, prepared, prepared.spec.preprocessing(image_size))
+    net = create_backbone(backbone, weights)
+    store_prepared(root, backbone, weights, net, image_size or net.spec.input_size)
+    return FeatureSource(root, net, net.spec.preprocessing(image_size))
