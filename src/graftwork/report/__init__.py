@@ -21,15 +21,15 @@ from graftwork.report._html import build_report, render_html
 from graftwork.report._metrics import Evaluation, evaluate, per_class_metrics
 from graftwork.report._plots import (curve_chart, curve_charts, lr_chart, plot_curves,
                                      reliability_chart, smooth)
-from graftwork.rundir.reader import (Run, load_run, read_config, read_history, read_metrics,
-                                     read_predictions)
+from graftwork.rundir.reader import (Run, read_config, read_history, read_metrics,
+                                     read_predictions, read_run)
 from graftwork.report._svg import Chart
 from graftwork.report._tables import compare_runs, format_compare, format_table, list_runs
 from graftwork.report._testcharts import (confusion_chart, confusion_matrix, plot_confusion,
                                           top_losses, top_losses_grid)
 
 __all__ = [
-    "Run", "load_run", "read_config", "read_metrics", "read_history", "read_predictions",
+    "Run", "read_run", "read_config", "read_metrics", "read_history", "read_predictions",
     "smooth", "Chart", "curve_chart", "curve_charts", "lr_chart", "plot_curves",
     "reliability_chart", "confusion_matrix", "per_class_metrics", "confusion_chart",
     "plot_confusion", "top_losses", "top_losses_grid",

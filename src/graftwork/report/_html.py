@@ -16,13 +16,12 @@ from graftwork.report._format import (descending, fmt, fmt_acc, fmt_cell, fmt_in
 from graftwork.report._metrics import Evaluation, evaluate
 from graftwork.report._plots import (calibration_of, check_smoothing, curve_charts,
                                      phase_segments, reliability_chart)
-from graftwork.rundir.reader import Run, backbone_name, load_run, section_of
+from graftwork.rundir.files import PLOTS_DIR, REPORT_FILE
+from graftwork.rundir.reader import Run, backbone_name, read_run, section_of
 from graftwork.report._svg import SVG_CSS, Chart
 
 log = logging.getLogger(__name__)
 
-REPORT_FILE = "report.html"
-PLOTS_DIR = "plots"
 #: Files in ``plots/`` that a build replaces: its charts, and the PNG plots of older versions.
 STALE_PLOTS = ("*.svg", "*.png")
 
@@ -370,7 +369,7 @@ def build_report(run_dir: str | Path, smoothing: float = 0.8) -> Path:
     :class:`RunDirError` when ``run_dir`` is not a run directory.
     """
     check_smoothing(smoothing)
-    run = load_run(run_dir)
+    run = read_run(run_dir)
     plots_dir = run.path / PLOTS_DIR
     plots_dir.mkdir(exist_ok=True)
     for pattern in STALE_PLOTS:  # a chart this run no longer warrants must not linger
