@@ -20,7 +20,8 @@ from graftwork.cli import extract as _cli_extract
 from graftwork.cli import tools as _cli_tools
 from graftwork.cli import deploy as cli_deploy
 from graftwork.cli.common import (_friendly, _progress_bars, _setup_logging, build_report_quietly,
-                                  device_option, load_run, phase_options_value, unfreeze_value)
+                                  device_option, load_classifier, phase_options_value,
+                                  unfreeze_value)
 from graftwork.params import OPTIMIZERS, SCHEDULES, click_type
 
 
@@ -272,7 +273,7 @@ def final_summary(clf: Any, out: Path) -> str:
 def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None, device: str) -> None:
     """Accuracy and loss of the model in RUN on DATA (one sub-folder per class)."""
     _setup_logging(False, True)
-    clf = load_run(run, device)
+    clf = load_classifier(run, device)
     if tta is not None:
         clf.set_params(tta=tta)
     result = clf.evaluate(data)
@@ -296,12 +297,10 @@ def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None, device:
 def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
             tta: bool | None, device: str) -> None:
     """Predict the class of image files and folders of images with the model in RUN."""
-    import csv
-
-    from graftwork.rundir.files import csv_safe
+    from graftwork.rundir.files import write_csv_rows
 
     _setup_logging(False, True)
-    clf = load_run(run, device)
+    clf = load_classifier(run, device)
     if tta is not None:
         clf.set_params(tta=tta)
     rows = clf.predict(list(inputs), top_k=top_k)
@@ -317,9 +316,7 @@ def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
         flat.append(row)
     cols = list(dict.fromkeys(k for row in flat for k in row))
     if fmt == "csv":
-        writer = csv.DictWriter(sys.stdout, fieldnames=cols)
-        writer.writeheader()
-        writer.writerows({k: csv_safe(v) for k, v in row.items()} for row in flat)
+        write_csv_rows(sys.stdout, cols, flat)
     else:
         from graftwork.report import format_table
 

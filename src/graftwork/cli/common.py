@@ -17,7 +17,7 @@ import click
 
 from graftwork.errors import GraftError
 
-__all__ = ["_friendly", "_setup_logging", "_progress_bars", "device_option", "load_run",
+__all__ = ["_friendly", "_setup_logging", "_progress_bars", "device_option", "load_classifier",
            "unfreeze_value", "phase_options_value", "build_report_quietly"]
 
 log = logging.getLogger("graftwork")
@@ -60,7 +60,7 @@ def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
                         help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")(func)
 
 
-def load_run(run: Path, device: str) -> Any:
+def load_classifier(run: Path, device: str) -> Any:
     """The classifier saved in RUN, set to run on ``device``."""
     from graftwork.estimator.classifier import ImageClassifier
 

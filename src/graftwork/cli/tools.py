@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from graftwork.cli.common import (_friendly, _setup_logging, build_report_quietly, device_option,
-                                  load_run, unfreeze_value)
+                                  load_classifier, unfreeze_value)
 from graftwork.params import click_type
 
 __all__ = ["COMMANDS"]
@@ -103,7 +103,7 @@ def doctor(run: Path, data: Path, batch_size: int, as_json: bool, device: str) -
     """Measure the BatchNorm train-mode / eval-mode gap of RUN's model on DATA."""
     from graftwork.estimator.persist import save_metrics
     _setup_logging(False, True)
-    clf = load_run(run, device)
+    clf = load_classifier(run, device)
     report = clf.doctor(data, batch_size)
     save_metrics(run, clf.metrics_)
     _rebuild_report(run)
@@ -133,7 +133,7 @@ def recalibrate(run: Path, data: Path, batch_size: int, device: str) -> None:
 
     _setup_logging(False, True)
     with RunLock(run):
-        clf = load_run(run, device)
+        clf = load_classifier(run, device)
         result = clf.recalibrate_bn(data, batch_size)
         clf.save(run)
         _rebuild_report(run)

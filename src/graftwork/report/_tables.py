@@ -8,8 +8,9 @@ from typing import Any
 
 from graftwork.errors import RunDirError
 from graftwork.report._format import fmt, fmt_acc, fmt_seconds
-from graftwork.rundir.reader import (CONFIG_FILE, Run, backbone_name, read_config, read_history,
-                                     read_metrics, section_of)
+from graftwork.rundir.files import CONFIG_FILE
+from graftwork.rundir.reader import (Run, backbone_name, read_config, read_history, read_metrics,
+                                     section_of)
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def list_runs(root: str | Path, max_depth: int = 3) -> list[dict[str, Any]]:
         except RunDirError as exc:
             log.warning("skipping %s", exc)
             continue
-        metrics = read_metrics(folder)
+        metrics = read_metrics(folder, missing_ok=True)
         runs.append({"path": str(folder), "backbone": backbone_name(config),
                      "strategy": config.get("strategy"),
                      "val_accuracy": section_of(metrics, "val").get("accuracy"),
@@ -170,7 +171,8 @@ def compare_runs(paths: Sequence[str | Path]) -> tuple[list[str], list[list[str]
 
     Raises :class:`RunDirError` for a path that is not a run directory.
     """
-    runs = [Run(path=Path(p), config=read_config(p), metrics=read_metrics(p),
+    runs = [Run(path=Path(p), config=read_config(p),
+                metrics=read_metrics(p, missing_ok=True),
                 history=read_history(p)) for p in paths]
     header = ["field", *_run_labels([r.path for r in runs])]
     rows = [[label, *(fmt(getter(run)) for run in runs)] for label, getter in COMPARE_FIELDS]

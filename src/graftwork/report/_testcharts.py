@@ -1,22 +1,17 @@
 """Charts of the test split: the confusion matrix as an SVG heat-map, and the top losses as an
-HTML grid of small embedded thumbnails (Pillow is used for the thumbnails only)."""
+HTML grid of small embedded thumbnails (:func:`graftwork.report.kit.thumbnail`)."""
 from __future__ import annotations
 
-import base64
-import io
-import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from graftwork.report._format import descending, to_float
 from graftwork.report._svg import BLUES, Chart, Svg, blues, esc, fit, num, text_width
-
-log = logging.getLogger(__name__)
+from graftwork.report.kit import thumbnail
 
 
 # --------------------------------------------------------------------------- confusion matrix
@@ -154,40 +149,6 @@ def top_losses(rows: Sequence[Mapping[str, Any]], n: int = 16) -> list[Mapping[s
     wrong = [row for row in rows if str(row.get("label")) != str(row.get("pred"))]
     ranked = sorted(wrong, key=lambda r: (descending(r.get("prob")), descending(r.get("loss"))))
     return ranked[: max(n, 0)]
-
-
-THUMBNAIL = 160  # longest side of a top-losses thumbnail, in pixels
-TINY = 64  # images at most this size are embedded as they are (PNG) and enlarged by the browser
-
-
-def thumbnail(path: str, base_dir: Path | None = None, size: int = THUMBNAIL) -> str | None:
-    """The image as a ``data:`` URI (JPEG, or PNG for tiny images) scaled to fit ``size``
-    pixels, or None when it cannot be read. Relative paths are tried against the working
-    directory, then against ``base_dir``."""
-    candidates = [Path(path)] if path else []
-    if path and base_dir is not None and not Path(path).is_absolute():
-        candidates.append(base_dir / path)
-    for candidate in candidates:
-        try:
-            if not candidate.is_file():
-                continue
-            with Image.open(candidate) as opened:
-                opened.draft("RGB", (size, size))  # JPEG: decode at reduced scale, much faster
-                image = opened.convert("L" if opened.mode in ("L", "I;16", "1") else "RGB")
-            buffer = io.BytesIO()
-            if max(image.size) <= TINY:
-                image.save(buffer, "PNG")
-                kind = "png"
-            else:
-                image.thumbnail((size, size), Image.Resampling.BICUBIC)
-                image.save(buffer, "JPEG", quality=82)
-                kind = "jpeg"
-            return f"data:image/{kind};base64," + base64.b64encode(buffer.getvalue()).decode()
-        except (OSError, ValueError, Image.DecompressionBombError) as exc:
-            log.warning("cannot show %s in top losses: %s", candidate, exc)
-            return None
-    log.warning("cannot show %s in top losses: file not found", path or "(no path)")
-    return None
 
 
 def top_losses_grid(rows: Sequence[Mapping[str, Any]], n: int = 16,

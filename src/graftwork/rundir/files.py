@@ -15,17 +15,17 @@ import math
 import os
 import platform
 import secrets
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 __all__ = [
     "MODEL_FILE", "CONFIG_FILE", "METRICS_FILE", "HISTORY_FILE", "PREDICTIONS_FILE",
     "SKIPPED_FILE", "SUMMARY_FILE", "REPORT_FILE", "PLOTS_DIR", "CHECKPOINTS_DIR", "LOCK_FILE",
     "RUN_FILES", "HISTORY_COLUMNS", "PREDICTION_COLUMNS", "SKIPPED_COLUMNS", "FORMAT_VERSION",
-    "atomic_file", "atomic_write_text", "write_json", "read_json", "write_csv", "read_csv",
-    "csv_safe", "package_versions", "read_metrics",
+    "atomic_file", "atomic_write_text", "write_json", "read_json", "write_csv", "write_csv_rows",
+    "read_csv", "csv_safe", "package_versions", "read_metrics",
 ]
 
 log = logging.getLogger("graftwork.rundir")
@@ -90,6 +90,7 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> Any:
+    """The JSON document in ``path`` (UTF-8)."""
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
@@ -101,16 +102,24 @@ def csv_safe(value: Any) -> Any:
     return value
 
 
-def write_csv(path: Path, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
-    """Write ``rows`` atomically (missing and None cells empty, text cells ``csv_safe``)."""
+def write_csv_rows(fh: TextIO, columns: Sequence[str],
+                   rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write a header and ``rows`` to the open text stream ``fh`` (a file opened with
+    ``newline=""``, or ``sys.stdout``): missing and None cells empty, text cells ``csv_safe``."""
+    writer = csv.writer(fh)
+    writer.writerow([csv_safe(c) for c in columns])
+    for row in rows:
+        writer.writerow(["" if row.get(c) is None else csv_safe(row.get(c)) for c in columns])
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> None:
+    """Write ``rows`` atomically as :func:`write_csv_rows` does."""
     with atomic_file(path) as tmp, open(tmp, "x", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow([csv_safe(c) for c in columns])
-        for row in rows:
-            writer.writerow(["" if row.get(c) is None else csv_safe(row.get(c)) for c in columns])
+        write_csv_rows(fh, columns, rows)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file with a header, one dict per row (cells as text)."""
     with open(path, newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
@@ -125,9 +134,13 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """``metrics.json`` of a run; ``{}`` with a warning when it is missing or unreadable."""
+def read_metrics(run_dir: str | Path, *, missing_ok: bool = False) -> dict[str, Any]:
+    """``metrics.json`` of a run; never raises. ``{}`` with a warning when it is unreadable or
+    not a JSON object, and when it is missing (silently with ``missing_ok``: an optional file,
+    as reports and listings read it)."""
     path = Path(run_dir) / METRICS_FILE
+    if missing_ok and not path.is_file():
+        return {}
     try:
         data = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError) as exc:

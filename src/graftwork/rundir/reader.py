@@ -1,5 +1,10 @@
-"""Reading a run directory: ``config.json``, ``metrics.json``, ``history.csv``,
-``predictions_test.csv`` and ``summary.txt``."""
+"""Reading a run directory as one :class:`Run` record (:func:`read_run`): ``config.json``,
+``metrics.json``, ``history.csv``, ``predictions_test.csv`` and ``summary.txt``, through the
+readers and file names of :mod:`graftwork.rundir.files` (the one place both are defined).
+
+The classifier saved in a run is rebuilt elsewhere (``ImageClassifier.load``); this module only
+reads the files, for reports and listings, and never imports torch.
+"""
 from __future__ import annotations
 
 import csv
@@ -12,8 +17,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from graftwork.errors import RunDirError
-from graftwork.rundir.files import (CONFIG_FILE, HISTORY_FILE, METRICS_FILE, PREDICTIONS_FILE,
-                                    SUMMARY_FILE)
+from graftwork.rundir.files import (CONFIG_FILE, HISTORY_FILE, PREDICTIONS_FILE, SUMMARY_FILE,
+                                    read_csv, read_json, read_metrics)
+
+__all__ = ["Run", "read_run", "read_config", "read_metrics", "read_history", "read_predictions",
+           "section_of", "backbone_name", "to_float", "to_int"]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +49,6 @@ def to_int(value: Any) -> int | None:
     return int(number) if math.isfinite(number) else None
 
 
-
 @dataclass
 class Run:
     """Everything a run directory holds; optional files are empty when absent."""
@@ -63,16 +70,6 @@ class Run:
         """Class names in training order (``config["classes"]``)."""
         classes = self.config.get("classes")
         return [str(c) for c in classes] if isinstance(classes, list) else []
-
-
-def _read_json(path: Path) -> Any:
-    with path.open(encoding="utf-8") as fh:
-        return json.load(fh)
-
-
-def _read_csv_rows(path: Path) -> list[dict[str, str]]:
-    with path.open(encoding="utf-8", newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def _read_text(path: Path) -> str:
@@ -101,18 +98,12 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
         raise RunDirError(f"{run_dir} is not a run directory: it has no {CONFIG_FILE}",
                           _NOT_A_RUN_HINT)
     try:
-        config = _read_json(path)
+        config = read_json(path)
     except _UNREADABLE as exc:
         raise RunDirError(f"cannot read {path}: {exc}", _DAMAGED_HINT) from exc
     if not isinstance(config, dict):
         raise RunDirError(f"{path} does not hold a JSON object", _DAMAGED_HINT)
     return config
-
-
-def read_metrics(run_dir: str | Path) -> dict[str, Any]:
-    """Read ``metrics.json``; ``{}`` when it is missing or unreadable (with a warning)."""
-    metrics = _read_optional(Path(run_dir) / METRICS_FILE, _read_json, {})
-    return metrics if isinstance(metrics, dict) else {}
 
 
 def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
@@ -122,7 +113,7 @@ def read_history(run_dir: str | Path) -> list[dict[str, Any]]:
     ``val_accuracy``, ``lr``. ``[]`` when the file is missing.
     """
     rows = []
-    for raw in _read_optional(Path(run_dir) / HISTORY_FILE, _read_csv_rows, []):
+    for raw in _read_optional(Path(run_dir) / HISTORY_FILE, read_csv, []):
         row: dict[str, Any] = {"phase": (raw.get("phase") or "").strip(),
                                "epoch": to_int(raw.get("epoch"))}
         for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
@@ -135,7 +126,7 @@ def read_predictions(run_dir: str | Path) -> list[dict[str, Any]]:
     """Read ``predictions_test.csv``: ``path``, ``label``, ``pred`` (str), ``prob``,
     ``prob_true``, ``loss`` (float, NaN when unparsable). ``[]`` when the file is missing."""
     rows = []
-    for raw in _read_optional(Path(run_dir) / PREDICTIONS_FILE, _read_csv_rows, []):
+    for raw in _read_optional(Path(run_dir) / PREDICTIONS_FILE, read_csv, []):
         row: dict[str, Any] = {key: raw.get(key) or "" for key in ("path", "label", "pred")}
         for key in ("prob", "prob_true", "loss"):
             row[key] = to_float(raw.get(key))
@@ -143,14 +134,15 @@ def read_predictions(run_dir: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def load_run(run_dir: str | Path) -> Run:
-    """Read every file of a run directory (config required, the rest optional)."""
+def read_run(run_dir: str | Path) -> Run:
+    """Read every file of a run directory (config required, the rest optional); raise
+    :class:`RunDirError` when the folder is not a run."""
     run_dir = Path(run_dir)
     config = read_config(run_dir)
     if "classes" not in config:
         log.warning("%s has no 'classes'; class names are taken from the predictions",
                     run_dir / CONFIG_FILE)
-    return Run(path=run_dir, config=config, metrics=read_metrics(run_dir),
+    return Run(path=run_dir, config=config, metrics=read_metrics(run_dir, missing_ok=True),
                history=read_history(run_dir), predictions=read_predictions(run_dir),
                summary=_read_optional(run_dir / SUMMARY_FILE, _read_text, ""))
 
