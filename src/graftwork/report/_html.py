@@ -11,7 +11,7 @@ import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from graftwork.report import kit
+import graftwork.report.kit as kit
 from graftwork.report._format import fmt_acc, fmt_int, fmt_seconds, to_float
 from graftwork.report._metrics import Evaluation, evaluate
 from graftwork.report._plots import (calibration_of, check_smoothing, curve_charts,

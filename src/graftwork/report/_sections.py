@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from graftwork.report import kit
+import graftwork.report.kit as kit
 from graftwork.report._format import (descending, fmt, fmt_acc, fmt_int, fmt_share, pretty,
                                       ratio, to_int)
 from graftwork.rundir.reader import Run, backbone_name
