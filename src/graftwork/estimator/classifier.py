@@ -20,6 +20,7 @@ from graftwork.estimator import inference as _inference
 from graftwork.estimator import persist as _persist
 from graftwork.estimator.base import ParamsMixin
 from graftwork.training.callbacks import Callback
+from graftwork.data.preprocess import Preprocessing
 from graftwork.data.transforms import AugmentConfig
 from graftwork.errors import NotFittedError
 from graftwork.model.graft import GraftModel
@@ -194,8 +195,10 @@ class ImageClassifier(ParamsMixin):
 
     @classmethod
     def from_model(cls, model: GraftModel, classes: Sequence[str],
-                   preprocessing: dict[str, Any] | None = None) -> ImageClassifier:
-        """Wrap a model trained elsewhere (e.g. to save it, then ``graft doctor`` it)."""
+                   preprocessing: Preprocessing | dict[str, Any] | None = None
+                   ) -> ImageClassifier:
+        """Wrap a model trained elsewhere (e.g. to save it, then ``graft doctor`` it).
+        ``preprocessing``: a ``Preprocessing`` or its dict form (default: the backbone's)."""
         return _persist.wrap_model(cls, model, classes, preprocessing)
 
     @classmethod

@@ -18,6 +18,7 @@ from graftwork.features.prepared import PreparedBackbone
 from graftwork.backbones.network import Backbone
 from graftwork.data.images import ImageDataset, collate_skip
 from graftwork.data.discover import Sample, Skipped
+from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import BadImageError, DataError
 from graftwork.features import ExtractResult, default_workers, extract_features
 from graftwork.model.graft import GraftModel, parameter_counts
@@ -33,7 +34,7 @@ class Session:
     """Backbone + head with the options that say how to run them (cache, workers, engine)."""
 
     def __init__(self, backbone: Backbone | PreparedBackbone, head: nn.Module,
-                 preprocessing: dict[str, Any], *, train_bn: bool = False,
+                 preprocessing: Preprocessing, *, train_bn: bool = False,
                  cache_dir: str | None = None, batch_size: int = 32,
                  num_workers: int | None = None, strict: bool = False, progress: bool = False,
                  engine: Any = None) -> None:
@@ -146,7 +147,7 @@ class Session:
         each decoding only while the engine in this process is not computing."""
         workers = default_workers() if self.num_workers is None else self.num_workers
         dataset: Any = ImageDataset(samples, transform,
-                                    draft_size=self.preprocessing["image_size"])
+                                    draft_size=self.preprocessing.image_size)
         workers = workers if len(samples) > batch_size else 0
         extra: dict[str, Any] = {}
         if gate is not None and workers:
@@ -226,8 +227,7 @@ class Session:
         (the extraction pipeline): ONNX Runtime for jobs that repay an export (the graph is
         kept in the cache, keyed by the model's weights), eager torch otherwise."""
         from graftwork.model.calibration import tta_logits
-        from graftwork.features import (FastEvalTransform, bind_pixels, default_cache_dir,
-                                        resize_size)
+        from graftwork.features import FastEvalTransform, bind_pixels, default_cache_dir
         from graftwork.features.pipeline import gated_stream
 
         model, pre = self.model, self.preprocessing
@@ -241,7 +241,7 @@ class Session:
 
         workers = self.num_workers if self.num_workers is not None else (
             0 if len(samples) < 64 else None)
-        dataset = ImageDataset(samples, FastEvalTransform(pre), draft_size=resize_size(pre))
+        dataset = ImageDataset(samples, FastEvalTransform(pre), draft_size=pre.resize_size)
         ok = torch.zeros(len(samples), dtype=torch.bool)
         out = []
         for batch, logits in gated_stream(dataset, 64, workers, False, "predict", bind):
