@@ -101,7 +101,7 @@ def pixel_model(clf: ImageClassifier) -> PixelModel:
 
 def load_pixels(source: str | Path | bytes, pre: Preprocessing) -> np.ndarray:
     """Decode (bomb-guarded) + graftwork's eval resize/centre crop: uint8 ``[H, W, 3]``."""
-    img = load_image(source, draft_size=pre.image_size)
+    img = load_image(source, draft_size=pre.resize_size)
     return FastEvalTransform(pre)(img).numpy()
 
 

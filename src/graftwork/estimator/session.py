@@ -147,7 +147,7 @@ class Session:
         each decoding only while the engine in this process is not computing."""
         workers = default_workers() if self.num_workers is None else self.num_workers
         dataset: Any = ImageDataset(samples, transform,
-                                    draft_size=self.preprocessing.image_size)
+                                    draft_size=self.preprocessing.resize_size)
         workers = workers if len(samples) > batch_size else 0
         extra: dict[str, Any] = {}
         if gate is not None and workers:
