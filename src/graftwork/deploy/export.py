@@ -2,10 +2,10 @@
 
 The exported graph takes uint8 RGB pixels ``[N, H, W, 3]`` (the caller resizes the short side
 to ``resize_short_side`` and centre-crops to ``image_size``, as ``preprocess.json`` says: the
-rule of :class:`graftwork.data.preprocess.Preprocessing`) and returns ``logits`` and ``probs`` (softmax); normalisation runs inside the graph, and
-so do the run's test-time augmentation (mirror image) and calibration temperature, as
-``predict`` applies them; the batch axis is dynamic. ``labels.txt`` and ``preprocess.json``
-are written beside it.
+rule of :class:`graftwork.data.preprocess.Preprocessing`) and returns ``logits`` and ``probs``
+(softmax); normalisation runs inside the graph, and so do the run's test-time augmentation
+(mirror image) and calibration temperature, as ``predict`` applies them; the batch axis is
+dynamic. ``labels.txt`` and ``preprocess.json`` are written beside it.
 
     res = export_model("runs/a", "onnx")      # runs/a/export/model.onnx
     print(res.max_abs_logit_diff, res.agreement)
