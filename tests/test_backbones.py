@@ -42,7 +42,7 @@ def test_spec_is_a_frozen_dataclass_of_facts(name: str) -> None:
     assert len(spec.mean) == 3 and len(spec.std) == 3 and all(s > 0 for s in spec.std)
     assert spec.interpolation in ("bilinear", "bicubic")
     pre = spec.preprocessing(96)
-    assert pre["image_size"] == 96 and pre["mean"] == list(spec.mean)
+    assert pre.image_size == 96 and pre.as_dict()["mean"] == list(spec.mean)
     if name in REGISTERED:
         assert spec.block_names and len(set(spec.block_names)) == len(spec.block_names)
 

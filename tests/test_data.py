@@ -18,6 +18,7 @@ from PIL import Image
 
 from graftwork.data.images import ImageDataset, collate_skip, load_image
 from graftwork.data.discover import Sample, Skipped, discover, list_images
+from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import BadImageError, DataError
 from tests.conftest import make_image_folder
 
@@ -184,8 +185,7 @@ def test_dataset_and_collate_skip_bad_files(tmp_path: Path) -> None:
     for i, (name, content) in enumerate(sorted(files.items())):
         (tmp_path / name).write_bytes(content)
         samples.append(Sample(str(tmp_path / name), i % 2))
-    pre = {"image_size": 16, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
-           "crop_pct": 1.0}
+    pre = Preprocessing(16, (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
     loader = torch.utils.data.DataLoader(ImageDataset(samples, eval_transform(pre)),
                                          batch_size=5, collate_fn=collate_skip)
     good, failures = 0, []
@@ -244,8 +244,7 @@ def test_random_bytes_never_crash_the_data_layer(tmp_path: Path, content: bytes,
         assert exc.message.startswith(str(path))
     from graftwork.data.transforms import eval_transform
 
-    pre = {"image_size": 8, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
-           "crop_pct": 1.0}
+    pre = Preprocessing(8, (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
     item = ImageDataset([Sample(str(path), 1)], eval_transform(pre), draft_size=8)[0]
     assert (item[0] is None and item[3]) or tuple(item[0].shape) == (3, 8, 8)
     batch = collate_skip([item])

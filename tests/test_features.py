@@ -13,6 +13,7 @@ from graftwork import features as F
 from graftwork.features import engines, pipeline
 from graftwork.backbones.catalog import create_backbone
 from graftwork.data.discover import Sample, list_images
+from graftwork.data.preprocess import Preprocessing
 from graftwork.data.transforms import eval_transform
 from tests.conftest import TINY, make_image_folder
 
@@ -43,14 +44,15 @@ def _smooth(w: int, h: int, seed: int = 0) -> Image.Image:
 def test_fast_transform_is_eval_transform_on_uint8_tensors(size: tuple[int, int]) -> None:
     from torchvision.transforms.v2.functional import pil_to_tensor
 
-    pre = {"image_size": 224, "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.3, 0.4],
-           "interpolation": "bicubic", "crop_pct": 0.875}
+    pre = Preprocessing.from_dict({"image_size": 224, "mean": [0.5, 0.4, 0.3],
+                                   "std": [0.2, 0.3, 0.4], "interpolation": "bicubic",
+                                   "crop_pct": 0.875})
     img = _smooth(*size)
     got = F.Normalize(pre)(F.FastEvalTransform(pre)(img)[None])[0]
     assert got.shape == (3, 224, 224)
     assert torch.equal(got, eval_transform(pre)(pil_to_tensor(img)))
     pil = eval_transform(pre)(img)  # PIL's resampler: the same within a couple of grey levels
-    levels = ((got - pil).abs() * torch.tensor(pre["std"]).view(3, 1, 1) * 255)
+    levels = ((got - pil).abs() * torch.tensor(pre.std).view(3, 1, 1) * 255)
     assert levels.max() <= 2.5 and levels.mean() < 0.05
 
 

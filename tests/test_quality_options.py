@@ -16,13 +16,14 @@ from graftwork.training import loop as training
 from graftwork.model.calibration import (calibration_report, expected_calibration_error,
                                          fit_temperature, tta_logits)
 from graftwork.estimator.classifier import ImageClassifier
+from graftwork.data.preprocess import Preprocessing
 from graftwork.data.transforms import AUGMENT_POLICIES, AugmentConfig, train_transform
 from graftwork.errors import ConfigError
 from graftwork.features.views import HFLIP, augment_recipe, view_digest
 from graftwork.training.loop import resolve_class_weights
 
-PRE = {"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3, "crop_pct": 1.0,
-       "interpolation": "bilinear"}
+PRE = Preprocessing.from_dict({"image_size": 32, "mean": [0.5] * 3, "std": [0.25] * 3,
+                               "crop_pct": 1.0, "interpolation": "bilinear"})
 
 
 def _clf(cache_dir: str, **kw: object) -> ImageClassifier:

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from graftwork import AugmentConfig, ImageClassifier
 from graftwork import cli as cli_module
 from graftwork.cli import main
+from graftwork.data.preprocess import Preprocessing
 from graftwork.data.transforms import train_transform
 from graftwork.model.graft import bn_layers
 from tests.conftest import TINY, make_image_folder
@@ -90,8 +91,8 @@ def test_discriminative_learning_rates(tiny_data: Path, cache_dir: str, monkeypa
 def test_augmentation_is_random_and_switchable() -> None:
     from PIL import Image
 
-    pre = {"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear",
-           "crop_pct": 1.0}
+    pre = Preprocessing.from_dict({"image_size": 32, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                   "interpolation": "bilinear", "crop_pct": 1.0})
     img = Image.new("RGB", (40, 40))
     img.paste((255, 0, 0), (0, 0, 20, 40))
     torch.manual_seed(0)

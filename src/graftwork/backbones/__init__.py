@@ -1,6 +1,7 @@
 """Backbones: pretrained networks with their classifier removed.
 
-- :mod:`.spec` — the facts (``BackboneSpec``, ``WeightsInfo``): a leaf, imported by the rest
+- :mod:`.spec` — the facts (``BackboneSpec``, ``WeightsInfo``): a leaf (but for
+  ``data.preprocess``, the ``Preprocessing`` it returns), imported by the rest
 - :mod:`.catalog` — registered backbones by name, ``create_backbone``
 - :mod:`.network` — the ``Backbone`` module (trunk + pooling), its blocks
 - :mod:`.weights` — where pretrained weights come from (one ``WeightSource`` per place)

@@ -16,6 +16,7 @@ from torch import nn
 import graftwork.backbones.weights as _weights
 from graftwork.backbones.network import Backbone
 from graftwork.backbones.spec import _IMAGENET_MEAN, _IMAGENET_STD, BackboneSpec, WeightsInfo
+from graftwork.data.preprocess import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION
 from graftwork.errors import BackboneNotFoundError
 
 __all__ = ["create_backbone", "get_spec", "is_registered", "list_backbones", "register_backbone"]
@@ -96,8 +97,8 @@ def _timm_spec(name: str) -> BackboneSpec:
     return BackboneSpec(
         name=name, arch=arch, input_size=int(cfg.get("input_size", (3, 224, 224))[-1]),
         mean=tuple(cfg.get("mean", _IMAGENET_MEAN)), std=tuple(cfg.get("std", _IMAGENET_STD)),
-        interpolation=cfg.get("interpolation", "bicubic") or "bicubic",
-        crop_pct=float(cfg.get("crop_pct", 0.875) or 0.875), description="timm architecture")
+        interpolation=cfg.get("interpolation") or DEFAULT_INTERPOLATION,
+        crop_pct=float(cfg.get("crop_pct") or DEFAULT_CROP_PCT), description="timm architecture")
 
 
 def get_spec(name: str) -> BackboneSpec:

@@ -1,10 +1,12 @@
-"""Facts about backbones as frozen dataclasses (a leaf module: no torch, no graftwork imports):
-:class:`BackboneSpec` (preprocessing, blocks, fine-tuning defaults) and :class:`WeightsInfo`
-(where a backbone's weights came from)."""
+"""Facts about backbones as frozen dataclasses (a leaf module but for the leaf
+:mod:`graftwork.data.preprocess`): :class:`BackboneSpec` (preprocessing, blocks, fine-tuning
+defaults) and :class:`WeightsInfo` (where a backbone's weights came from)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from graftwork.data.preprocess import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION, Preprocessing
 
 __all__ = ["BackboneSpec", "WeightsInfo"]
 
@@ -22,8 +24,8 @@ class BackboneSpec:
     input_size: int = 224
     mean: tuple[float, float, float] = _IMAGENET_MEAN
     std: tuple[float, float, float] = _IMAGENET_STD
-    interpolation: str = "bicubic"
-    crop_pct: float = 0.875
+    interpolation: str = DEFAULT_INTERPOLATION
+    crop_pct: float = DEFAULT_CROP_PCT
     # Ordered (earliest first) block names and the module-name regex that selects each block's
     # parameters; empty means "derive from timm's group_matcher".
     blocks: tuple[tuple[str, str], ...] = ()
@@ -42,11 +44,10 @@ class BackboneSpec:
     def block_names(self) -> tuple[str, ...]:
         return tuple(name for name, _ in self.blocks)
 
-    def preprocessing(self, image_size: int | None = None) -> dict[str, Any]:
-        """The eval preprocessing as a JSON-able dict (part of the feature-cache key)."""
-        return {"image_size": image_size or self.input_size, "mean": list(self.mean),
-                "std": list(self.std), "interpolation": self.interpolation,
-                "crop_pct": self.crop_pct}
+    def preprocessing(self, image_size: int | None = None) -> Preprocessing:
+        """The eval preprocessing at ``image_size`` (default: ``input_size``)."""
+        return Preprocessing(image_size or self.input_size, self.mean, self.std,
+                             self.interpolation, self.crop_pct)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
-"""Image transforms: the eval resize + centre crop + normalisation, and the training
-augmentation policies (``classic``: the Keras-tutorial recipe; ``mild``; ``trivialwide``)."""
+"""Image transforms on PIL images: the eval resize + centre crop + normalisation of a
+:class:`~graftwork.data.preprocess.Preprocessing`, and the training augmentation policies
+(``classic``: the Keras-tutorial recipe; ``mild``; ``trivialwide``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,6 +8,7 @@ from typing import Any
 
 import torch
 
+from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import ConfigError
 
 __all__ = ["AugmentConfig", "AUGMENT_POLICIES", "MILD", "augment_ops", "eval_transform",
@@ -29,25 +31,22 @@ class AugmentConfig:
                 "zoom": self.zoom, "hflip": self.hflip, "fill": self.fill}
 
 
-def _resize_crop(pre: dict[str, Any]) -> list[Any]:
-    from torchvision.transforms import InterpolationMode
+def _resize_crop(pre: Preprocessing) -> list[Any]:
     from torchvision.transforms import v2
 
-    size = int(pre["image_size"])
-    interp = InterpolationMode(pre.get("interpolation", "bilinear"))
-    return [v2.Resize(int(round(size / pre.get("crop_pct", 1.0))), interpolation=interp,
-                      antialias=True), v2.CenterCrop(size)]
+    return [v2.Resize(pre.resize_size, interpolation=pre.interpolation_mode(), antialias=True),
+            v2.CenterCrop(pre.image_size)]
 
 
-def _to_tensor(pre: dict[str, Any]) -> list[Any]:
+def _to_tensor(pre: Preprocessing) -> list[Any]:
     from torchvision.transforms import v2
 
     return [v2.PILToTensor(), v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(pre["mean"]), std=list(pre["std"]))]
+            v2.Normalize(mean=list(pre.mean), std=list(pre.std))]
 
 
-def eval_transform(pre: dict[str, Any]) -> Any:
-    """Resize the short side to size/crop_pct, centre-crop, scale, normalise."""
+def eval_transform(pre: Preprocessing) -> Any:
+    """Resize the short side to ``pre.resize_size``, centre-crop, scale, normalise."""
     from torchvision.transforms import v2
 
     return v2.Compose([*_resize_crop(pre), *_to_tensor(pre)])
@@ -88,7 +87,7 @@ def augment_ops(aug: AugmentConfig | None, policy: str = "classic") -> list[Any]
     return ops
 
 
-def train_transform(pre: dict[str, Any], aug: AugmentConfig | None,
+def train_transform(pre: Preprocessing, aug: AugmentConfig | None,
                     policy: str = "classic") -> Any:
     """``eval_transform`` plus the augmentation of ``policy`` (see :func:`augment_ops`;
     ``classic``: random affine (rotation, shift, shear, zoom) and flips from ``aug``)."""

@@ -1,11 +1,11 @@
 """Export a trained run to ONE self-contained ONNX or TorchScript file, verified on export.
 
 The exported graph takes uint8 RGB pixels ``[N, H, W, 3]`` (the caller resizes the short side
-to ``round(image_size / crop_pct)`` and centre-crops to ``image_size``, as ``preprocess.json``
-says) and returns ``logits`` and ``probs`` (softmax); normalisation runs inside the graph, and
-so do the run's test-time augmentation (mirror image) and calibration temperature, as
-``predict`` applies them; the batch axis is dynamic. ``labels.txt`` and ``preprocess.json``
-are written beside it.
+to ``resize_short_side`` and centre-crops to ``image_size``, as ``preprocess.json`` says: the
+rule of :class:`graftwork.data.preprocess.Preprocessing`) and returns ``logits`` and ``probs``
+(softmax); normalisation runs inside the graph, and so do the run's test-time augmentation
+(mirror image) and calibration temperature, as ``predict`` applies them; the batch axis is
+dynamic. ``labels.txt`` and ``preprocess.json`` are written beside it.
 
     res = export_model("runs/a", "onnx")      # runs/a/export/model.onnx
     print(res.max_abs_logit_diff, res.agreement)
@@ -27,6 +27,7 @@ import torch
 from graftwork.model.calibration import tta_logits
 from graftwork.estimator.classifier import ImageClassifier
 from graftwork.data.images import load_image
+from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import BadImageError, ConfigError, GraftError
 from graftwork.features import FastEvalTransform, FromPixels
 from graftwork.rundir.files import atomic_file, atomic_write_text, package_versions
@@ -71,7 +72,7 @@ class PixelModel(FromPixels):
     + backbone + head) with what ``predict`` adds: with ``tta`` the mirror image's logits joined
     by :func:`graftwork.calibration.tta_logits`, then division by ``temperature``; and softmax."""
 
-    def __init__(self, module: torch.nn.Module, pre: dict[str, Any], *, tta: bool = False,
+    def __init__(self, module: torch.nn.Module, pre: Preprocessing, *, tta: bool = False,
                  temperature: float = 1.0) -> None:
         super().__init__(module, pre)
         self.tta = bool(tta)
@@ -98,26 +99,26 @@ def pixel_model(clf: ImageClassifier) -> PixelModel:
     return PixelModel(clf.model_, clf.preprocessing_, **postprocess(clf)).eval()
 
 
-def load_pixels(source: str | Path | bytes, pre: dict[str, Any]) -> np.ndarray:
+def load_pixels(source: str | Path | bytes, pre: Preprocessing) -> np.ndarray:
     """Decode (bomb-guarded) + graftwork's eval resize/centre crop: uint8 ``[H, W, 3]``."""
-    img = load_image(source, draft_size=int(pre["image_size"]))
+    img = load_image(source, draft_size=pre.resize_size)
     return FastEvalTransform(pre)(img).numpy()
 
 
 def preprocess_spec(clf: ImageClassifier) -> dict[str, Any]:
     """What a caller must do to an image before the exported graph (and what comes out)."""
-    pre = clf.preprocessing_
-    size, crop_pct = int(pre["image_size"]), float(pre.get("crop_pct", 1.0))
+    pre: Preprocessing = clf.preprocessing_
+    size = pre.image_size
     return {
         "image_size": size,
-        "resize_short_side": int(round(size / crop_pct)),
-        "crop_pct": crop_pct,
-        "interpolation": pre.get("interpolation", "bilinear"),
-        "pil_resample": str(pre.get("interpolation", "bilinear")).upper(),
+        "resize_short_side": pre.resize_size,
+        "crop_pct": float(pre.crop_pct),
+        "interpolation": pre.interpolation,
+        "pil_resample": pre.interpolation.upper(),
         "antialias": True,
         "crop": "center",
-        "mean": [float(v) for v in pre["mean"]],
-        "std": [float(v) for v in pre["std"]],
+        "mean": [float(v) for v in pre.mean],
+        "std": [float(v) for v in pre.std],
         "normalization": "inside the model: (pixels / 255 - mean) / std",
         "input": {"name": INPUT_NAME, "dtype": "uint8", "shape": ["N", size, size, 3],
                   "layout": "NHWC", "channels": "RGB"},
@@ -152,7 +153,7 @@ def _metadata(run: Path, clf: ImageClassifier, spec: dict[str, Any]) -> dict[str
     }
 
 
-def _check_images(run: Path, pre: dict[str, Any],
+def _check_images(run: Path, pre: Preprocessing,
                   check_images: Sequence[str | Path] | None) -> tuple[np.ndarray, str]:
     """Held-out uint8 batch: the run's test images, else ``check_images``, else random."""
     candidates: list[tuple[str, list[str]]] = []
@@ -174,7 +175,7 @@ def _check_images(run: Path, pre: dict[str, Any],
                 break
         if arrays:
             return np.stack(arrays), source
-    size = int(pre["image_size"])
+    size = pre.image_size
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (_MAX_CHECK_IMAGES, size, size, 3), dtype=np.uint8), "random"
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from graftwork.data.preprocess import Preprocessing
 from graftwork.estimator.classifier import ImageClassifier
 from graftwork.errors import BadImageError, ConfigError
 from graftwork.estimator.inference import top_classes
@@ -62,7 +63,7 @@ class Engine:
         self.run_dir = Path(run_dir)
         self.clf = ImageClassifier.load(self.run_dir)
         self.classes: list[str] = list(self.clf.classes_)
-        self.pre: dict[str, Any] = dict(self.clf.preprocessing_)
+        self.pre: Preprocessing = self.clf.preprocessing_
         self.model = pixel_model(self.clf)
         self.batcher = MicroBatcher(self._forward, max_batch, max_wait_ms / 1000)
 
@@ -82,7 +83,7 @@ class Engine:
     def info(self) -> dict[str, Any]:
         return {"run": self.run_dir.name, "backbone": str(getattr(self.clf, "backbone", "")),
                 "strategy": str(getattr(self.clf, "strategy", "")),
-                "image_size": int(self.pre["image_size"]),
+                "image_size": self.pre.image_size,
                 "tta": self.model.tta, "temperature": self.model.temperature,
                 "batches": self.batcher.batches, "images": self.batcher.images}
 

@@ -22,6 +22,7 @@ import graftwork.estimator.inference as _inference
 import graftwork.estimator.persist as _persist
 from graftwork.estimator.base import ParamsMixin
 from graftwork.training.callbacks import Callback
+from graftwork.data.preprocess import Preprocessing
 from graftwork.data.transforms import AugmentConfig
 from graftwork.errors import NotFittedError
 from graftwork.model.graft import GraftModel
@@ -198,8 +199,10 @@ class ImageClassifier(ParamsMixin):
 
     @classmethod
     def from_model(cls, model: GraftModel, classes: Sequence[str],
-                   preprocessing: dict[str, Any] | None = None) -> ImageClassifier:
-        """Wrap a model trained elsewhere (e.g. to save it, then ``graft doctor`` it)."""
+                   preprocessing: Preprocessing | dict[str, Any] | None = None
+                   ) -> ImageClassifier:
+        """Wrap a model trained elsewhere (e.g. to save it, then ``graft doctor`` it).
+        ``preprocessing``: a ``Preprocessing`` or its dict form (default: the backbone's)."""
         return _persist.wrap_model(cls, model, classes, preprocessing)
 
     @classmethod

@@ -22,8 +22,9 @@ from graftwork.estimator.base import ParamsMixin
 from graftwork.features.session import RunOptions, Session
 from graftwork.backbones.spec import WeightsInfo
 from graftwork.backbones.catalog import create_backbone
+from graftwork.data.preprocess import Preprocessing
 from graftwork.data.transforms import AugmentConfig
-from graftwork.errors import ModelFileError
+from graftwork.errors import ConfigError, ModelFileError
 from graftwork.model.heads import build_head, head_dropout
 from graftwork.model.graft import GraftModel, parameter_counts
 from graftwork.model.summary import backbone_table, run_summary
@@ -61,7 +62,7 @@ def run_config(clf: ParamsMixin) -> dict[str, Any]:
         "backbone": {**asdict(backbone.spec), "feature_dim": backbone.feature_dim},
         "weights": asdict(clf.pretrained_weights_),
         "classes": clf.classes_,
-        "preprocessing": clf.preprocessing_,
+        "preprocessing": clf.preprocessing_.as_dict(),
         "strategy": clf.strategy,
         "head": getattr(clf, "head_", None) or {"kind": clf.head, "hidden": clf.hidden,
                                                 "dropout": head_dropout(clf.head, clf.dropout)},
@@ -79,7 +80,7 @@ def run_config(clf: ParamsMixin) -> dict[str, Any]:
 
 def run_summary_text(session: Session) -> str:
     """Per-layer tables of backbone and head, and the totals (``summary.txt``)."""
-    backbone, size = session.backbone, int(session.preprocessing["image_size"])
+    backbone, size = session.backbone, session.preprocessing.image_size
     text = (backbone.summary(size) if isinstance(backbone, PreparedBackbone)
             else backbone_table(backbone, size))
     return run_summary(text, session.head, backbone.feature_dim, session.counts())
@@ -121,7 +122,7 @@ def save_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
     rundir.write_json(Path(run_dir) / rundir.METRICS_FILE, metrics)
 
 
-def _session_for(clf: ParamsMixin, model: GraftModel, pre: dict[str, Any]) -> Session:
+def _session_for(clf: ParamsMixin, model: GraftModel, pre: Preprocessing) -> Session:
     options = RunOptions(cache_dir=clf.cache_dir, num_workers=clf.num_workers)
     session = Session(model.backbone, model.head, pre, train_bn=model.train_bn, options=options)
     session.pristine = False  # a saved model always runs whole
@@ -129,8 +130,9 @@ def _session_for(clf: ParamsMixin, model: GraftModel, pre: dict[str, Any]) -> Se
 
 
 def wrap_model(cls: type[C], model: GraftModel, classes: Sequence[str],
-               preprocessing: dict[str, Any] | None = None) -> C:
-    """A fitted classifier around a model trained elsewhere (its head made by ``build_head``)."""
+               preprocessing: Preprocessing | dict[str, Any] | None = None) -> C:
+    """A fitted classifier around a model trained elsewhere (its head made by ``build_head``);
+    ``preprocessing`` (or its dict form, checked) defaults to the backbone's."""
     spec = model.backbone.spec
     clf = cls(backbone=spec.name, progress=False)
     head = model.head
@@ -144,7 +146,8 @@ def wrap_model(cls: type[C], model: GraftModel, classes: Sequence[str],
     dropout = [m.p for m in head.modules() if isinstance(m, nn.Dropout)]
     clf.dropout = dropout[0] if dropout else 0.0
     clf.classes_ = list(classes)
-    clf.preprocessing_ = preprocessing or spec.preprocessing()
+    clf.preprocessing_ = (Preprocessing.from_dict(preprocessing) if preprocessing
+                          else spec.preprocessing())
     clf.pretrained_weights_ = model.backbone.weights
     clf.bn_ = {}
     clf.trainable_ = {"given": parameter_counts(model)}
@@ -197,7 +200,11 @@ def load_run(cls: type[C], run_dir: str | Path) -> C:
     model.eval()
     clf.classes_ = list(cfg["classes"])
     clf.head_ = dict(cfg["head"])
-    clf.preprocessing_ = cfg["preprocessing"]
+    try:
+        clf.preprocessing_ = Preprocessing.from_dict(cfg["preprocessing"])
+    except ConfigError as exc:
+        raise rundir.RunConfigError(f"{str(run / rundir.CONFIG_FILE)!r}: {exc.message}",
+                                    "restore the run, or retrain it") from exc
     clf.pretrained_weights_ = WeightsInfo.from_dict(cfg["weights"])
     clf.bn_ = {k: v for k, v in cfg["bn_policy"].items() if k != "train_bn"}
     clf.trainable_ = cfg.get("trainable", {})

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from graftwork.data.preprocess import Preprocessing
 from graftwork.rundir.files import atomic_file
 
 __all__ = ["FeatureCache", "default_cache_dir", "cache_root", "SHARD_ROWS"]
@@ -56,9 +57,10 @@ def _checksum(features: torch.Tensor, digests: torch.Tensor) -> str:
 class FeatureCache:
     """The shards of one (backbone, weights, preprocessing) combination."""
 
-    def __init__(self, root: str | Path, backbone: Any, preprocessing: dict[str, Any]) -> None:
+    def __init__(self, root: str | Path, backbone: Any, preprocessing: Preprocessing) -> None:
+        # the stored dict form keeps the keys of every cache written before (tests pin them)
         key = json.dumps({"backbone": backbone.spec.name, "arch": backbone.spec.arch,
-                          "weights": backbone.weights.digest, "pre": preprocessing},
+                          "weights": backbone.weights.digest, "pre": preprocessing.as_dict()},
                          sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.dir = Path(root) / "features" / self.key

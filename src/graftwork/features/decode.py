@@ -3,7 +3,8 @@ engine (or inside an exported graph).
 
 Workers ship uint8 HWC images (4x fewer bytes than float); :class:`Normalize` turns a uint8 NHWC
 batch into the network's float NCHW input with the same operations, in the same order, as
-``data.eval_transform``.
+``data.eval_transform``. Sizes, interpolation, mean and std come from one
+:class:`~graftwork.data.preprocess.Preprocessing`.
 """
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from graftwork.data.preprocess import Preprocessing
+
 __all__ = ["FastEvalTransform", "AugmentPixels", "Normalize", "FromPixels", "resize_size"]
 
 
-def resize_size(pre: dict[str, Any]) -> int:
-    """The short side ``eval_transform`` resizes to before its centre crop."""
-    return int(round(int(pre["image_size"]) / pre.get("crop_pct", 1.0)))
+def resize_size(pre: Preprocessing) -> int:
+    """The short side ``eval_transform`` resizes to before its centre crop (``pre.resize_size``)."""
+    return pre.resize_size
 
 
 class FastEvalTransform:
@@ -29,12 +32,10 @@ class FastEvalTransform:
     path within a few grey levels on rare pixels (mean difference ~0.005 levels).
     """
 
-    def __init__(self, pre: dict[str, Any]) -> None:
-        from torchvision.transforms import InterpolationMode
-
-        self.size = int(pre["image_size"])
-        self.resize = resize_size(pre)
-        self.interpolation = InterpolationMode(pre.get("interpolation", "bilinear"))
+    def __init__(self, pre: Preprocessing) -> None:
+        self.size = pre.image_size
+        self.resize = pre.resize_size
+        self.interpolation = pre.interpolation_mode()
 
     def __call__(self, img: Any) -> torch.Tensor:
         from torchvision.transforms.v2 import functional as TF
@@ -56,7 +57,7 @@ class AugmentPixels(FastEvalTransform):
     as a PIL image, as ``data.train_transform`` does; uint8 HWC out (for the engines). PIL's
     affine is ~2.5x faster than torchvision's on a uint8 tensor (0.48 vs 1.17 ms per image)."""
 
-    def __init__(self, pre: dict[str, Any], aug: Any, policy: str = "classic") -> None:
+    def __init__(self, pre: Preprocessing, aug: Any, policy: str = "classic") -> None:
         super().__init__(pre)
         from torchvision.transforms import v2
 
@@ -74,11 +75,10 @@ class AugmentPixels(FastEvalTransform):
 class Normalize(nn.Module):
     """uint8 NHWC batch -> float NCHW (channels_last), scaled to 0..1 and normalised."""
 
-    def __init__(self, pre: dict[str, Any]) -> None:
+    def __init__(self, pre: Preprocessing) -> None:
         super().__init__()
-        for name in ("mean", "std"):
-            value = torch.tensor(pre[name], dtype=torch.float32)
-            self.register_buffer(name, value.view(1, 3, 1, 1))
+        for name, value in (("mean", pre.mean), ("std", pre.std)):
+            self.register_buffer(name, torch.tensor(value, dtype=torch.float32).view(1, 3, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2).to(torch.float32).mul(1.0 / 255)
@@ -88,7 +88,7 @@ class Normalize(nn.Module):
 class FromPixels(nn.Module):
     """A network on uint8 NHWC pixels: what the engines run and what gets exported."""
 
-    def __init__(self, module: nn.Module, pre: dict[str, Any]) -> None:
+    def __init__(self, module: nn.Module, pre: Preprocessing) -> None:
         super().__init__()
         self.normalize = Normalize(pre)
         self.module = module

@@ -13,11 +13,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from graftwork.backbones.catalog import create_backbone
 from graftwork.backbones.network import Backbone
 from graftwork.data.discover import Sample
+from graftwork.data.preprocess import Preprocessing
 from graftwork.features.cache import FeatureCache, cache_root
 from graftwork.features.engines import Engine
 from graftwork.features.pipeline import ExtractResult, extract_features
@@ -37,7 +37,7 @@ class FeatureSource:
 
     root: Path
     backbone: Backbone | PreparedBackbone
-    preprocessing: dict[str, Any]
+    preprocessing: Preprocessing
 
     @property
     def cache(self) -> FeatureCache:

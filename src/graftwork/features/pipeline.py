@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 
 from graftwork.data.digests import file_digests
 from graftwork.data.images import ImageDataset, collate_skip
+from graftwork.data.preprocess import Preprocessing
 from graftwork.data.discover import Sample, Skipped
 from graftwork.errors import BadImageError
 from graftwork.features.cache import SHARD_ROWS, FeatureCache
 from graftwork.features.cache import cache_root as resolve_root
-from graftwork.features.decode import FastEvalTransform, FromPixels, resize_size
+from graftwork.features.decode import FastEvalTransform, FromPixels
 from graftwork.features.engines import Engine, Runner, create_engine
 
 __all__ = ["ExtractResult", "extract_features", "default_workers", "bind_backbone",
@@ -61,7 +62,7 @@ def _strict_fail(skipped: Sequence[Skipped]) -> None:
                         "fix or remove the file, or run without --strict")
 
 
-def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: dict[str, Any],
+def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: Preprocessing,
                      cache_root: str | Path | None = None, *, batch_size: int = 64,
                      num_workers: int | None = None, progress: bool = True, strict: bool = False,
                      materialize: bool = True, desc: str = "extract",
@@ -112,13 +113,13 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: di
     return result
 
 
-def bind_pixels(module: torch.nn.Module, preprocessing: dict[str, Any], store: Path,
+def bind_pixels(module: torch.nn.Module, preprocessing: Preprocessing, store: Path,
                 name: str, engine: str | Engine | None, images: int | None) -> Runner:
     """``module`` (in its current weights) on uint8 pixels, bound to an engine; an exported
     graph is kept in ``store`` as ``<name>-<weights digest>-<size>``."""
     from graftwork.backbones.weights import state_digest
 
-    size = int(preprocessing["image_size"])
+    size = preprocessing.image_size
     probe = torch.randint(0, 256, (2, size, size, 3), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     key = f"{name}-{state_digest(module.state_dict())}-{size}"
@@ -126,14 +127,14 @@ def bind_pixels(module: torch.nn.Module, preprocessing: dict[str, Any], store: P
                                       images)
 
 
-def bind_backbone(backbone: Any, preprocessing: dict[str, Any], cache: FeatureCache,
+def bind_backbone(backbone: Any, preprocessing: Preprocessing, cache: FeatureCache,
                   engine: str | Engine | None, images: int | None) -> Runner:
     """The frozen ``backbone`` on uint8 pixels, bound to an engine (exports kept in the cache)."""
     return bind_pixels(backbone, preprocessing, cache.dir, "backbone", engine, images)
 
 
 def _run_extraction(backbone: Any, cache: FeatureCache, samples: list[Sample],
-                    digests: list[bytes | None], preprocessing: dict[str, Any], batch_size: int,
+                    digests: list[bytes | None], preprocessing: Preprocessing, batch_size: int,
                     num_workers: int | None, progress: bool, desc: str,
                     engine: str | Engine | None, dataset: Any = None
                     ) -> tuple[list[tuple[int, str]], str]:
@@ -145,7 +146,7 @@ def _run_extraction(backbone: Any, cache: FeatureCache, samples: list[Sample],
         return [], ""
     if dataset is None:
         dataset = ImageDataset(samples, FastEvalTransform(preprocessing),
-                               draft_size=resize_size(preprocessing))
+                               draft_size=preprocessing.resize_size)
     was_training = backbone.training
     backbone.eval()
     bound: list[Runner] = []

@@ -23,9 +23,10 @@ import torch
 from graftwork.data.digests import file_digests
 from graftwork.data.images import ImageDataset, collate_skip
 from graftwork.data.discover import Sample, Skipped
+from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import ConfigError
 from graftwork.features.cache import SHARD_ROWS, FeatureCache
-from graftwork.features.decode import FastEvalTransform, resize_size
+from graftwork.features.decode import FastEvalTransform
 from graftwork.features.pipeline import ExtractResult, bind_backbone
 
 __all__ = ["BackboneActor", "ray_extract"]
@@ -37,7 +38,7 @@ class BackboneActor:
     """A Ray Data actor: the frozen backbone bound to an engine once, then batches of
     ``{"path", "digest"}`` -> ``{"digest", "features", "reason"}`` (reason "" when decoded)."""
 
-    def __init__(self, backbone: Any, preprocessing: dict[str, Any], store: str,
+    def __init__(self, backbone: Any, preprocessing: Preprocessing, store: str,
                  engine: str = "auto") -> None:
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         self.pre = preprocessing
@@ -48,7 +49,7 @@ class BackboneActor:
         self.run = bind_backbone(self.backbone, preprocessing, holder, engine, None)
         self.dim = backbone.feature_dim
         self.transform = FastEvalTransform(preprocessing)
-        self.draft = resize_size(preprocessing)
+        self.draft = preprocessing.resize_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(p) for p in batch["path"]]
@@ -81,7 +82,7 @@ def _init_ray(address: str | None, workers: int) -> Any:
     return ray
 
 
-def ray_extract(backbone: Any, samples: Sequence[Sample], preprocessing: dict[str, Any],
+def ray_extract(backbone: Any, samples: Sequence[Sample], preprocessing: Preprocessing,
                 cache_root: str | Path, *, batch_size: int = 64, workers: int | None = None,
                 address: str | None = None, engine: str = "auto") -> ExtractResult:
     """Fill the cache with the features of ``samples`` not cached yet, on ``workers`` Ray actors

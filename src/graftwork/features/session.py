@@ -20,9 +20,10 @@ from torch import nn
 from graftwork.backbones.network import Backbone
 from graftwork.data.discover import Sample, Skipped
 from graftwork.data.images import ImageDataset, collate_skip
+from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import BadImageError, DataError
 from graftwork.features.cache import FeatureCache, cache_root
-from graftwork.features.decode import FastEvalTransform, resize_size
+from graftwork.features.decode import FastEvalTransform
 from graftwork.features.engines import AutoEngine, OnnxEngine, TorchEngine
 from graftwork.features.prepared import PreparedBackbone
 from graftwork.features.pipeline import (ExtractResult, Gated, bind_pixels, default_workers,
@@ -73,7 +74,7 @@ class Session:
     """Backbone + head, and ``options`` (:class:`RunOptions`) saying how to run them."""
 
     def __init__(self, backbone: Backbone | PreparedBackbone, head: nn.Module,
-                 preprocessing: dict[str, Any], *, train_bn: bool = False,
+                 preprocessing: Preprocessing, *, train_bn: bool = False,
                  options: RunOptions = RunOptions(), skipped: Mapping[str, str] | None = None,
                  head_spec: Mapping[str, Any] | None = None, dist: Any = None) -> None:
         self.head = head
@@ -201,7 +202,7 @@ class Session:
         each decoding only while the engine in this process is not computing."""
         workers = default_workers() if self.options.num_workers is None else self.options.num_workers
         dataset: Any = ImageDataset(samples, transform,
-                                    draft_size=self.preprocessing["image_size"])
+                                    draft_size=self.preprocessing.resize_size)
         workers = workers if len(samples) > batch_size else 0
         extra: dict[str, Any] = {}
         if gate is not None and workers:
@@ -286,7 +287,7 @@ class Session:
 
         workers = self.options.num_workers if self.options.num_workers is not None else (
             0 if len(samples) < 64 else None)
-        dataset = ImageDataset(samples, FastEvalTransform(pre), draft_size=resize_size(pre))
+        dataset = ImageDataset(samples, FastEvalTransform(pre), draft_size=pre.resize_size)
         ok = torch.zeros(len(samples), dtype=torch.bool)
         out = []
         for batch, logits in gated_stream(dataset, 64, workers, False, "predict", bind):

@@ -23,8 +23,9 @@ from graftwork.data.digests import file_digests
 from graftwork.data.transforms import AugmentConfig, augment_ops
 from graftwork.data.images import ImageDataset
 from graftwork.data.discover import Sample, Skipped
+from graftwork.data.preprocess import Preprocessing
 from graftwork.features.cache import FeatureCache
-from graftwork.features.decode import FastEvalTransform, resize_size
+from graftwork.features.decode import FastEvalTransform
 from graftwork.features.pipeline import ExtractResult, _run_extraction
 
 __all__ = ["HFLIP", "augment_recipe", "view_digest", "ViewDataset", "extract_views"]
@@ -60,11 +61,11 @@ class ViewDataset(ImageDataset):
     (the global torch generator is left as it was)."""
 
     def __init__(self, samples: Sequence[Sample], seeds: Sequence[int], recipe: dict[str, Any],
-                 pre: dict[str, Any]) -> None:
+                 pre: Preprocessing) -> None:
         from torchvision.transforms import v2
 
         super().__init__(samples, v2.Compose([*_ops(recipe), FastEvalTransform(pre)]),
-                         draft_size=resize_size(pre))
+                         draft_size=pre.resize_size)
         self.seeds = list(seeds)
 
     def __getitem__(self, index: int) -> tuple[Any, ...]:
@@ -73,7 +74,7 @@ class ViewDataset(ImageDataset):
             return super().__getitem__(index)
 
 
-def extract_views(backbone: Any, samples: Sequence[Sample], preprocessing: dict[str, Any],
+def extract_views(backbone: Any, samples: Sequence[Sample], preprocessing: Preprocessing,
                   cache_root: Path, recipe: dict[str, Any], views: int, desc: str, *,
                   batch_size: int = 64, num_workers: int | None = None, progress: bool = False,
                   engine: Any = None) -> ExtractResult:

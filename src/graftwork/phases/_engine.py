@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from graftwork.data.discover import Sample
+from graftwork.data.preprocess import Preprocessing
 from graftwork.features import FeatureCache, bind_pixels
 from graftwork.features.engines import Runner
 from graftwork.features.pipeline import Gate
@@ -70,7 +71,7 @@ def split_or_none(backbone: Any, unfreeze: int | str) -> tuple[nn.Module, nn.Mod
         return None
 
 
-def bind_prefix(prefix: nn.Module, graft: GraftModel, preprocessing: dict[str, Any],
+def bind_prefix(prefix: nn.Module, graft: GraftModel, preprocessing: Preprocessing,
                 cache: FeatureCache, engine: Any, images: int) -> Runner:
     """The frozen ``prefix`` on uint8 pixels, bound to an engine (exports kept in the cache).
     The model is put in eval mode through ``graft`` (never ``.train()`` on a part)."""

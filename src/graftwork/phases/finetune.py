@@ -113,7 +113,7 @@ class Finetune(Phase):
         s = ctx.session
         model = s.model
         n = len(ctx.splits.train)
-        size = int(s.preprocessing["image_size"])  # an example batch, to fold BN (fold.py)
+        size = s.preprocessing.image_size  # an example batch, to fold BN (fold.py)
         parts = split_or_none(model.backbone, self.unfreeze(ctx)) \
             if uses_engine(ctx) else None
         if parts is None:
