@@ -27,7 +27,7 @@ from graftwork.errors import ConfigError
 from graftwork.registry import did_you_mean
 
 __all__ = ["ParamSpec", "PARAMS", "RANGES", "check_param", "check_params", "check_choices",
-           "check_choice", "click_type"]
+           "click_type"]
 
 
 @dataclass(frozen=True)
@@ -263,16 +263,18 @@ PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
 RANGES: dict[str, ParamSpec] = {n: s for n, s in PARAMS.items() if s.kind in ("int", "float")}
 
 
+def __getattr__(name: str) -> Any:
+    """``OPTIMIZERS``/``SCHEDULES``: the names, kept for compatibility (the registries live in
+    ``graftwork.training.loop``)."""
+    if name in ("OPTIMIZERS", "SCHEDULES"):
+        return PARAMS[name[:-1].lower()].allowed()
+    raise AttributeError(name)
+
+
 def check_param(name: str, value: Any) -> None:
     """Raise ``ConfigError`` (naming the CLI flag and the allowed values) unless ``value`` fits
     ``PARAMS[name]``; an unknown ``name`` is a ``KeyError`` (a programming error)."""
     PARAMS[name].check(value)
-
-
-def check_choice(label: str, value: Any, allowed: Sequence[Any], fix: str) -> None:
-    """Raise ``ConfigError`` unless ``value`` is one of ``allowed`` (None in it: may be unset)."""
-    if value not in allowed:
-        raise ConfigError(f"{label}={value!r} is not one of {[a for a in allowed if a]}", fix)
 
 
 def check_params(params: Mapping[str, Any]) -> None:

