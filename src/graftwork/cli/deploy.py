@@ -6,14 +6,14 @@ from pathlib import Path
 import click
 
 from graftwork.cli.common import _friendly, _setup_logging
+from graftwork.cli.options import param_option
 
 __all__ = ["export", "serve"]
 
 
 @click.command()
 @click.argument("run", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["onnx", "torchscript"]), default="onnx",
-              show_default=True, help="ONNX (onnxruntime) or TorchScript (torch.jit.load).")
+@param_option("export_format")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output file [default: RUN/export/model.onnx or model.pt].")
 @click.option("--check-images", type=click.Path(path_type=Path), multiple=True,

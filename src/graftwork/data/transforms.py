@@ -10,6 +10,7 @@ import torch
 
 from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import ConfigError
+from graftwork.registry import Registry
 
 __all__ = ["AugmentConfig", "AUGMENT_POLICIES", "MILD", "augment_ops", "eval_transform",
            "train_transform"]
@@ -52,7 +53,12 @@ def eval_transform(pre: Preprocessing) -> Any:
     return v2.Compose([*_resize_crop(pre), *_to_tensor(pre)])
 
 
-AUGMENT_POLICIES = ("classic", "mild", "trivialwide", "none")
+#: The ``--augment-policy`` choices, by name (the entries say what they do).
+AUGMENT_POLICIES: Registry[str] = Registry("augment policy", flag="--augment-policy")
+AUGMENT_POLICIES.register("classic", "the Keras-tutorial recipe (AugmentConfig)")
+AUGMENT_POLICIES.register("mild", "rotation 10 degrees, shift and zoom 0.1, flips")
+AUGMENT_POLICIES.register("trivialwide", "torchvision's TrivialAugmentWide and flips")
+AUGMENT_POLICIES.register("none", "no augmentation")
 #: ``mild``: smaller affine changes than the classic (Keras-tutorial) recipe, no shear.
 MILD = AugmentConfig(rotation=10.0, shift=0.1, shear=0.0, zoom=0.1, hflip=True)
 

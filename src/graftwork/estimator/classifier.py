@@ -119,7 +119,8 @@ class ImageClassifier(ParamsMixin):
         every epoch is checkpointed and ``resume`` continues an interrupted fit on the same
         data and settings. ``callbacks`` receive phase and epoch events.
         """
-        from graftwork.estimator.fit import fit_classifier, validate_params
+        from graftwork.estimator.fit import fit_classifier
+        from graftwork.estimator.validate import validate_params
 
         phases = validate_params(self.get_params(deep=False))
         fit_classifier(self, data, phases,

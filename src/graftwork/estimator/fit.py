@@ -17,59 +17,25 @@ from tqdm.auto import tqdm
 from graftwork.data.digests import file_digests
 from graftwork.data.discover import Sample, Splits, discover
 from graftwork.data.transforms import eval_transform
-from graftwork.errors import ConfigError, DataError
+from graftwork.errors import DataError
 from graftwork.estimator.base import ParamsMixin
 from graftwork.estimator.persist import learned_settings
 from graftwork.features.cache import cache_root
-from graftwork.features.engines import ENGINES
 from graftwork.features.open import open_features
 from graftwork.features.session import RunOptions, Session
 from graftwork.model import bn as bn_mod
 from graftwork.model.graft import bn_layers
 from graftwork.model.heads import build_head, head_dropout
-from graftwork.phases import SEQUENCES, Phase, PhaseContext, plan
-from graftwork.phases.base import check_phase_options
+from graftwork.phases import SEQUENCES, Phase, PhaseContext
 from graftwork.phases.ladder import climb
 from graftwork.training.callbacks import Callback, History, LogLines
 from graftwork.training.devices import Runtime
 from graftwork.training.loop import resolve_class_weights, seed_everything
 from graftwork.training.metrics import prediction_rows, score_logits
 
-__all__ = ["fit_classifier", "validate_params", "fingerprint"]
+__all__ = ["fit_classifier", "fingerprint"]
 
 log = logging.getLogger(__name__)
-
-
-def validate_params(params: dict[str, Any]) -> list[Phase]:
-    """Every parameter checked before any work: ranges (``graftwork.params``) and choices.
-    Returns the strategy's phases (planned here, once per fit)."""
-    from graftwork.data.transforms import AUGMENT_POLICIES
-    from graftwork.model.heads import HEADS
-    from graftwork.params import OPTIMIZERS, PARAMS, SCHEDULES, check_choice, check_params
-
-    check_params({k: v for k, v in params.items() if k in PARAMS})
-    phases = plan(params["strategy"])  # ConfigError for an unknown strategy
-    check_phase_options(params.get("phase_options"), [p.name for p in phases])
-    Runtime.resolve(params["device"], params["precision"])  # ConfigError for a bad --device
-    if params["engine"] not in ENGINES:
-        raise ConfigError(f"engine={params['engine']!r} is not one of {sorted(ENGINES)}",
-                          "choose one of those for --engine")
-    for name, value, allowed in (("head", params["head"], HEADS),
-                                 ("optimizer", params["optimizer"], (None, *OPTIMIZERS)),
-                                 ("schedule", params["schedule"], (None, *SCHEDULES)),
-                                 ("augment_policy", params.get("augment_policy", "classic"),
-                                  AUGMENT_POLICIES)):
-        check_choice(name, value, allowed, f"choose one of those for --{name.replace('_', '-')}")
-    weights = params.get("class_weights")
-    if not (weights is None or weights == "auto" or isinstance(weights, dict)):
-        raise ConfigError(f"class_weights={weights!r} must be None, 'auto' or a mapping of "
-                          "class name to weight", """pass --class-weights auto or '{"cat": 2}'""")
-    unfreeze = params["unfreeze"]
-    if unfreeze not in ("all", "auto") and (not isinstance(unfreeze, int)
-                                            or isinstance(unfreeze, bool) or unfreeze < 0):
-        raise ConfigError(f"unfreeze={unfreeze!r} must be a whole number of blocks, 'all' or "
-                          "'auto'", "pass e.g. --unfreeze 2, --unfreeze all or --unfreeze auto")
-    return phases
 
 
 def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], *,

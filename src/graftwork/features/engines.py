@@ -6,9 +6,10 @@ a callable ``uint8 NHWC tensor -> float tensor``. Engines are chosen by name
 
     extract_features(..., engine=OnnxEngine(chunk=1, lanes=2))
 
-To add an engine, write one class with a ``name`` and a ``bind`` method and add it to
-``ENGINES``. Device and precision plug in here: :class:`TorchEngine` takes ``device`` and
-``precision``; :class:`OnnxEngine` takes the execution ``providers``.
+To add an engine, write one class with a ``name`` and a ``bind`` method and register it in
+``ENGINES`` (``ENGINES.register(name, cls)``: a ``--engine`` choice from then on). Device and
+precision plug in here: :class:`TorchEngine` takes ``device`` and ``precision``;
+:class:`OnnxEngine` takes the execution ``providers``.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from graftwork.registry import Registry
 from graftwork.rundir.files import atomic_file
 
 __all__ = ["Engine", "Runner", "TorchEngine", "OnnxEngine", "AutoEngine", "ENGINES",
@@ -242,7 +244,10 @@ class AutoEngine(Engine):
         return self.torch.bind(module, example, store, key, images)
 
 
-ENGINES: dict[str, type[Engine]] = {"auto": AutoEngine, "onnx": OnnxEngine, "torch": TorchEngine}
+#: Engines by name: the ``--engine`` choices (``graftwork.params`` reads them when parsing).
+ENGINES: Registry[type[Engine]] = Registry("engine", flag="--engine")
+for _cls in (AutoEngine, OnnxEngine, TorchEngine):
+    ENGINES.register(_cls.name, _cls)
 
 
 def create_engine(engine: str | Engine | None = None, **settings: Any) -> Engine:

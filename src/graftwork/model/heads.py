@@ -1,15 +1,18 @@
-"""Classifier heads trained on top of backbone features."""
+"""Classifier heads trained on top of backbone features; ``HEADS`` holds their builders by name
+(the ``--head`` choices: add one with ``HEADS.register(name, builder)``)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
 
+from graftwork.registry import Registry
+
 __all__ = ["HEADS", "DEFAULT_DROPOUT", "HeadChoice", "HEAD_CANDIDATES", "build_head",
            "head_dropout"]
 
-HEADS = ("mlp", "linear", "auto")
 DEFAULT_DROPOUT = {"mlp": 0.5, "linear": 0.0, "auto": 0.5}
 
 
@@ -44,11 +47,24 @@ def build_head(kind: str, in_dim: int, num_classes: int, hidden: int = 256,
     ``dropout=None`` takes the head's default (``DEFAULT_DROPOUT``): the linear probe has none,
     as dropout on its wide input costs more than the rest of its training and does not help.
     """
-    dropout = head_dropout(kind, dropout)
-    if kind in ("mlp", "auto"):  # "auto" starts as the classic head until the search picks
-        return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
-                             nn.Dropout(dropout), nn.Linear(hidden, num_classes))
-    if kind == "linear":
-        return nn.Sequential(nn.Dropout(dropout) if dropout else nn.Identity(),
-                             nn.Linear(in_dim, num_classes))
-    raise ValueError(f"unknown head {kind!r}; choose one of {HEADS}")
+    if kind not in HEADS:
+        raise ValueError(f"unknown head {kind!r}; choose one of {tuple(HEADS)}")
+    return HEADS[kind](in_dim, num_classes, hidden, head_dropout(kind, dropout))
+
+
+def _mlp(in_dim: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(inplace=True),
+                         nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+
+
+def _linear(in_dim: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout) if dropout else nn.Identity(),
+                         nn.Linear(in_dim, num_classes))
+
+
+#: Head builders ``(in_dim, num_classes, hidden, dropout) -> module`` by kind; ``auto`` starts
+#: as the classic head until the search on the validation split picks one.
+HEADS: Registry[Callable[[int, int, int, float], nn.Sequential]] = Registry("head", flag="--head")
+HEADS.register("mlp", _mlp)
+HEADS.register("linear", _linear)
+HEADS.register("auto", _mlp)

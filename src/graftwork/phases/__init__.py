@@ -12,12 +12,13 @@ from graftwork.phases.base import Phase, PhaseContext, PhaseDefaults, PhasePlan
 from graftwork.phases.extract import Extract
 from graftwork.phases.finetune import Finetune
 from graftwork.phases.frozen import Frozen
+from graftwork.registry import Registry
 
 __all__ = ["Phase", "PhaseContext", "PhaseDefaults", "PhasePlan", "register_phase",
            "register_strategy", "get_phase", "plan", "strategy_names", "PHASES", "SEQUENCES"]
 
-PHASES: dict[str, type[Phase]] = {}
-SEQUENCES: dict[str, tuple[str, ...]] = {}
+PHASES: Registry[type[Phase]] = Registry("phase")
+SEQUENCES: Registry[tuple[str, ...]] = Registry("strategy", flag="--strategy")
 
 
 def register_phase(cls: type[Phase]) -> type[Phase]:

@@ -53,9 +53,10 @@ def phase_params(params: Mapping[str, Any], phase: str) -> Mapping[str, Any]:
 
 def check_phase_options(options: Any, phases: Iterable[str]) -> None:
     """``ConfigError`` unless ``options`` maps phases the strategy runs to known settings with
-    valid values (the same ranges and choices as the estimator-wide settings)."""
+    valid values (the same ranges and choices as the estimator-wide settings: one table,
+    :data:`graftwork.params.PARAMS`)."""
     from graftwork.errors import ConfigError
-    from graftwork.params import OPTIMIZERS, SCHEDULES, check_choice, check_param
+    from graftwork.params import PARAMS
 
     if options is None:
         return
@@ -73,12 +74,7 @@ def check_phase_options(options: Any, phases: Iterable[str]) -> None:
             if key not in PHASE_OPTIONS:
                 raise ConfigError(f"phase_options[{phase!r}] has the unknown setting {key!r}",
                                   f"use one of: {', '.join(PHASE_OPTIONS)}")
-            choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES}.get(key)
-            if choices is None:
-                check_param(key, value)
-            else:
-                check_choice(f"phase_options[{phase!r}][{key!r}]", value, choices,
-                             f"choose one of {', '.join(choices)}")
+            PARAMS[key].check(value, label=f"phase_options[{phase!r}][{key!r}]")
 
 
 @dataclass(frozen=True)

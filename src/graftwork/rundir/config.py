@@ -1,4 +1,5 @@
-"""A run's ``config.json``: validation of every field loading reads, and integrity seals."""
+"""A run's ``config.json``: validation of every field loading reads (the hyperparameters against
+the one options table, :data:`graftwork.params.PARAMS`), and integrity seals."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from graftwork.errors import ConfigError, RunConfigError, RunDirError, RunModifiedError
-from graftwork.params import PARAMS, check_params
+from graftwork.params import PARAMS, check_choices, check_params
 from graftwork.rundir.files import (CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, _clean, read_json,
                                     write_json)
 
@@ -57,13 +58,20 @@ _FIELDS: tuple[tuple[str, str, Callable[[Any], bool], str], ...] = (
     ("weights", "digest", _str, "a string"),
 )
 _OPTIONAL = {("hyperparameters", "augment")}
+#: Fields that are choices of the options table, read from their registries (``choices=True``).
+_CHOICE_FIELDS: tuple[tuple[str, str, Callable[[Any], bool], Callable[[], str]], ...] = (
+    ("head", "kind", lambda v: PARAMS["head"].fits(v), lambda: PARAMS["head"].describe()),
+)
 
 
-def validate_config(cfg: Any, path: str | Path,
-                    known_params: Collection[str] | None = None) -> dict[str, Any]:
+def validate_config(cfg: Any, path: str | Path, known_params: Collection[str] | None = None, *,
+                    choices: bool = False) -> dict[str, Any]:
     """Check that ``cfg`` (config.json at ``path``, parsed) holds what loading a run needs:
     one ``RunConfigError`` naming the file and the field instead of a KeyError or TypeError.
-    ``known_params``: the classifier's parameter names (any other hyperparameter is an error)."""
+    ``known_params``: the classifier's parameter names (any other hyperparameter is an error).
+    ``choices``: also check the head kind and the hyperparameters that are choices (head,
+    optimizer, ...) against their registries, which imports the modules that hold them
+    (torch): what loading a model does; a torch-free reader leaves it off."""
     where = repr(str(path))
 
     def bad(field: str, want: str, got: Any = ...) -> RunConfigError:
@@ -82,7 +90,8 @@ def validate_config(cfg: Any, path: str | Path,
     if (not isinstance(classes, list) or len(classes) < 2 or not all(_str(c) and c for c in classes)
             or len(set(classes)) < len(classes)):
         raise bad("classes", "a list of at least 2 distinct non-empty names", classes)
-    for sec, key, test, want in _FIELDS:
+    fields = [*_FIELDS, *((s, k, t, w()) for s, k, t, w in _CHOICE_FIELDS if choices)]
+    for sec, key, test, want in fields:
         data = cfg.get(sec)
         if not isinstance(data, dict):
             raise bad(sec, "a JSON object", data) if sec in cfg else bad(sec, "present")
@@ -98,6 +107,8 @@ def validate_config(cfg: Any, path: str | Path,
                              "graftwork knows", "upgrade graftwork, or " + _RESTORE)
     try:
         check_params(hyper)
+        if choices:
+            check_choices(hyper)
     except ConfigError as exc:
         raise RunConfigError(f"{where}: hyperparameters: {exc.message}", _RESTORE) from exc
     return cfg
@@ -113,7 +124,7 @@ def load_config(run_dir: str | Path, known_params: Collection[str] | None = None
         cfg = read_json(run / CONFIG_FILE)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RunConfigError(f"{str(run / CONFIG_FILE)!r} is corrupt: {exc}", _RESTORE) from exc
-    validate_config(cfg, run / CONFIG_FILE, known_params)
+    validate_config(cfg, run / CONFIG_FILE, known_params, choices=True)
     check_integrity(run, cfg)
     return cfg
 

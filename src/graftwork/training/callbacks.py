@@ -4,16 +4,18 @@ A callback is one small object with any of ``on_phase_start``, ``on_epoch_end``,
 ``on_phase_end``; the training loop calls every callback it is given. The run's history
 (``history.csv``) is one of them (:class:`History`), the per-epoch log line another
 (:class:`LogLines`); :class:`TensorBoard` writes curves for TensorBoard (``--logger
-tensorboard``, extra ``graftwork[tensorboard]``). To add a logger, write one class here and add
-it to ``LOGGERS``.
+tensorboard``, extra ``graftwork[tensorboard]``). To add a logger, write one class here and register
+it in ``LOGGERS`` (``LOGGERS.register(name, factory)``).
 """
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from graftwork.registry import Registry
 
 __all__ = ["Callback", "History", "LogLines", "TensorBoard", "LOGGERS", "create_loggers",
            "dispatch"]
@@ -91,7 +93,9 @@ class TensorBoard(Callback):
         self.writer.flush()
 
 
-LOGGERS: dict[str, Any] = {"tensorboard": lambda run_dir: TensorBoard(Path(run_dir) / "tensorboard")}
+#: Loggers by name (the ``--logger`` choices): ``run_dir -> Callback``.
+LOGGERS: Registry[Callable[[Any], Callback]] = Registry("logger", flag="--logger")
+LOGGERS.register("tensorboard", lambda run_dir: TensorBoard(Path(run_dir) / "tensorboard"))
 
 
 def create_loggers(names: Sequence[str], run_dir: str | Path | None) -> list[Callback]:

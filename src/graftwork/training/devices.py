@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from graftwork.errors import ConfigError
+from graftwork.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Precision", "cpu_features", "cpu_has_native_bf16", "resolve_device", "resolve_precision",
     "to_device", "loader_kwargs", "available_devices", "machine_summary", "Runtime",
+    "PRECISIONS",
 ]
 
 log = logging.getLogger(__name__)
@@ -173,6 +175,14 @@ def _device_type(device: torch.device | str) -> str:
     return device.type if hasattr(device, "type") else str(device).split(":")[0]
 
 
+#: The ``--precision`` choices (``resolve_precision`` also takes aliases such as ``float32``).
+PRECISIONS: Registry[str] = Registry("precision", flag="--precision")
+PRECISIONS.register("auto", "bf16 where native, fp16 on GPUs without bf16, else fp32")
+PRECISIONS.register("fp32", "no autocast")
+PRECISIONS.register("bf16", "bfloat16 autocast")
+PRECISIONS.register("fp16", "float16 autocast (gradient scaling on CUDA)")
+
+
 def _fp32(reason: str) -> Precision:
     return Precision("fp32", None, False, reason)
 
@@ -223,7 +233,8 @@ def _resolve_precision(spec: str, device: torch.device | str) -> Precision:
                               "use --precision bf16 or fp32 (or auto)")
         return _with_reason(fp16, "asked for" + (" (with gradient scaling)" if kind == "cuda"
                                                  else ""))
-    raise ConfigError(f"--precision {spec}: unknown precision", "use auto, fp32, bf16 or fp16")
+    raise ConfigError(f"--precision {spec}: unknown precision",
+                      f"use {', '.join(PRECISIONS.names()[:-1])} or {PRECISIONS.names()[-1]}")
 
 
 def _with_reason(p: Precision, reason: str) -> Precision:

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from graftwork.training.callbacks import Callback, dispatch
 from graftwork.training.devices import Runtime
 from graftwork.training.checkpoint import load_checkpoint, save_checkpoint
-from graftwork.params import OPTIMIZERS, SCHEDULES
+from graftwork.registry import Registry
 
 __all__ = ["TrainConfig", "FitResult", "fit", "evaluate", "tensor_batches", "make_optimizer",
            "OPTIMIZERS", "SCHEDULES", "seed_everything", "torch_threads",
@@ -127,38 +127,53 @@ def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int,
         yield x[idx], y[idx]
 
 
+#: Optimizers by name (the ``--optimizer`` choices): ``(groups, lr, weight_decay) -> optimizer``.
+OPTIMIZERS: Registry[Callable[..., torch.optim.Optimizer]] = Registry("optimizer",
+                                                                      flag="--optimizer")
+OPTIMIZERS.register("adam", torch.optim.Adam)
+OPTIMIZERS.register("adamw", torch.optim.AdamW)
+OPTIMIZERS.register("rmsprop", torch.optim.RMSprop)
+OPTIMIZERS.register("nadam", torch.optim.NAdam)
+OPTIMIZERS.register("sgd", partial(torch.optim.SGD, momentum=0.9))
+
+
 def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float,
                    weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """One of ``OPTIMIZERS`` over parameter groups (each group may carry its own ``lr``)."""
     name = name.lower()
-    if name == "adam":
-        return torch.optim.Adam(groups, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
-    if name == "rmsprop":
-        return torch.optim.RMSprop(groups, lr=lr, weight_decay=weight_decay)
-    if name == "nadam":
-        return torch.optim.NAdam(groups, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise ValueError(f"unknown optimizer {name!r}; choose one of {OPTIMIZERS}")
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {tuple(OPTIMIZERS)}")
+    return OPTIMIZERS[name](groups, lr=lr, weight_decay=weight_decay)
+
+
+_Schedule = Callable[[torch.optim.Optimizer, int, int], Any]
+
+
+def _warm_cosine_schedule(opt: torch.optim.Optimizer, total: int, steps_per_epoch: int
+                          ) -> torch.optim.lr_scheduler.LRScheduler:
+    """Linear warm-up (one epoch, at most a quarter), then cosine."""
+    warm = max(1, min(steps_per_epoch, total // 4))
+    return torch.optim.lr_scheduler.LambdaLR(opt, partial(_warm_cosine, warm=warm, total=total))
+
+
+#: Learning-rate schedules by name (the ``--schedule`` choices):
+#: ``(optimizer, total_steps, steps_per_epoch) -> scheduler or None``.
+SCHEDULES: Registry[_Schedule] = Registry("schedule", flag="--schedule")
+SCHEDULES.register("none", lambda opt, total, steps: None)
+SCHEDULES.register("cosine", lambda opt, total, steps:
+                   torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total))
+SCHEDULES.register("warmcosine", _warm_cosine_schedule)
+SCHEDULES.register("onecycle", lambda opt, total, steps: torch.optim.lr_scheduler.OneCycleLR(
+    opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total))
 
 
 def _make_schedule(name: str, opt: torch.optim.Optimizer, epochs: int,
                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler | None:
     if name in ("none", "", None):
         return None
-    total = max(1, epochs * steps_per_epoch)
-    if name == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    if name == "warmcosine":  # linear warm-up (one epoch, at most a quarter), then cosine
-        warm = max(1, min(steps_per_epoch, total // 4))
-        return torch.optim.lr_scheduler.LambdaLR(opt, partial(_warm_cosine, warm=warm,
-                                                              total=total))
-    if name == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            opt, max_lr=[g["lr"] for g in opt.param_groups], total_steps=total)
-    raise ValueError(f"unknown schedule {name!r}; choose one of {SCHEDULES}")
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; choose one of {tuple(SCHEDULES)}")
+    return SCHEDULES[name](opt, max(1, epochs * steps_per_epoch), steps_per_epoch)
 
 
 def _warm_cosine(step: int, warm: int, total: int) -> float:
