@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +96,40 @@ def test_unreadable_and_corrupt_index(files: list[str], tmp_path: Path,
     hashed = _new_process(monkeypatch)
     assert file_digests(files, cache)[0] == hashlib.sha256(bytes([0]) * 1000).digest()
     assert hashed == [files[0]]
+
+
+def _context() -> Any:
+    """Processes that start at once (fork) where there is fork: they only call graftwork."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _remember_one_by_one(paths: list[str], cache: str, start: Any) -> None:
+    """In another process: each file's digest saved by an index write of its own."""
+    start.wait(timeout=120)
+    for path in paths:
+        file_digests([path], cache)
+
+
+def test_index_writers_in_several_processes_lose_nothing(tmp_path: Path) -> None:
+    """Four processes write one index at once, a file at a time: the lock around each
+    read-merge-replace keeps every entry."""
+    files = []
+    for i in range(60):
+        p = tmp_path / "img" / f"{i}.bin"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(i.to_bytes(2, "big") * 50)
+        os.utime(p, (1_600_000_000, 1_600_000_000))
+        files.append(str(p))
+    cache = tmp_path / "cache"
+    ctx = _context()
+    start = ctx.Event()
+    procs = [ctx.Process(target=_remember_one_by_one, args=(files[i::4], str(cache), start))
+             for i in range(4)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    for proc in procs:
+        proc.join(timeout=120)
+        assert proc.exitcode == 0
+    assert set(json.loads((cache / INDEX_FILE).read_text())) == set(files)

@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import math
+import multiprocessing
 import os
 import socket
 import subprocess
@@ -345,12 +346,77 @@ def test_stale_lock_is_taken_over(tmp_path: Path, caplog: pytest.LogCaptureFixtu
     assert list(tmp_path.iterdir()) == []
 
 
-def test_lock_of_another_host_is_respected(tmp_path: Path) -> None:
+def test_a_record_left_on_another_host_is_replaced(tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    """The pid-file lock had to respect a record from another host (it could not tell whether
+    that process lived); the file lock itself says whether anyone holds it, from any host."""
     (tmp_path / LOCK_FILE).write_text(json.dumps({"pid": _dead_pid(), "host": "elsewhere",
                                                   "started": "2020-01-01T00:00:00"}))
-    with pytest.raises(RunBusyError, match="on host elsewhere") as info:
-        RunLock(tmp_path).acquire()
-    assert LOCK_FILE in info.value.fix
+    with caplog.at_level(logging.WARNING, logger="graftwork.rundir"), RunLock(tmp_path):
+        assert json.loads((tmp_path / LOCK_FILE).read_text())["host"] == socket.gethostname()
+    assert "on elsewhere is gone" in caplog.text and list(tmp_path.iterdir()) == []
+
+
+def _context() -> Any:
+    """Processes that start at once (fork) where there is fork: they only call graftwork."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _try_lock(run: str, answers: Any) -> None:
+    """In another process: take the lock, or say why not."""
+    try:
+        with RunLock(run):
+            answers.put("locked")
+    except RunBusyError as exc:
+        answers.put(f"{exc.message} | {exc.fix}")
+
+
+def _hold_lock(run: str, ready: Any) -> None:
+    """In another process: hold the lock until killed."""
+    import time
+
+    with RunLock(run):
+        ready.set()
+        time.sleep(600)
+
+
+def test_a_second_process_is_refused_while_the_first_holds_the_lock(tmp_path: Path) -> None:
+    ctx = _context()
+    answers = ctx.Queue()
+    run = tmp_path / "run"
+
+    def other_process() -> str:
+        proc = ctx.Process(target=_try_lock, args=(str(run), answers))
+        proc.start()
+        proc.join(timeout=120)
+        return str(answers.get(timeout=5))
+
+    with RunLock(run):
+        answer = other_process()
+    assert f"is being written by process {os.getpid()} (since " in answer
+    assert "wait for it to finish" in answer and str(run / LOCK_FILE) in answer
+    assert other_process() == "locked" and list(run.iterdir()) == []
+
+
+def test_a_killed_holders_lock_is_free_at_once(tmp_path: Path,
+                                                caplog: pytest.LogCaptureFixture) -> None:
+    ctx = _context()
+    ready = ctx.Event()
+    run = tmp_path / "run"
+    holder = ctx.Process(target=_hold_lock, args=(str(run), ready))
+    holder.start()
+    try:
+        assert ready.wait(timeout=120)
+        with pytest.raises(RunBusyError, match=f"process {holder.pid} "):
+            RunLock(run).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no clean-up runs in the holder
+        holder.join()
+    assert (run / LOCK_FILE).exists()  # its record stays, but nobody holds the lock
+    with caplog.at_level(logging.WARNING, logger="graftwork.rundir"), RunLock(run):
+        assert json.loads((run / LOCK_FILE).read_text())["pid"] == os.getpid()
+    assert f"process {holder.pid} is gone" in caplog.text and list(run.iterdir()) == []
 
 
 def test_release_leaves_someone_elses_lock(tmp_path: Path) -> None:

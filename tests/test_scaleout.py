@@ -1,5 +1,5 @@
 """Scaling out: sharded extraction by several processes into one cache, a merged digest index,
-and (when ``ray`` is installed) Ray Data actors."""
+and the Ray engine (its actors run where ``ray`` is installed: ``make test`` installs it)."""
 from __future__ import annotations
 
 import json
@@ -108,6 +108,22 @@ def test_extract_cli_rejects_bad_shard(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, ["extract", str(tmp_path), "--shard", "2/2"])
     assert result.exit_code == 2 and "0..N-1" in result.output
+
+
+def test_ray_is_an_engine_that_fills_the_cache_itself() -> None:
+    """Registered by name and picked by what it can do (``fill_cache``), without importing
+    ``ray`` until it runs; ``extract_folder(address=...)`` sets the engines that have one."""
+    from graftwork.features import ENGINES, CacheFiller, RayEngine, TorchEngine, create_engine
+    from graftwork.features.folder import _with_address
+
+    assert ENGINES["ray"] is RayEngine and isinstance(create_engine("ray"), CacheFiller)
+    assert not isinstance(create_engine("torch"), CacheFiller)
+    assert _with_address("ray", "auto") == RayEngine(address="auto")
+    assert _with_address(RayEngine(workers=3), "ray://h:10001") == RayEngine("ray://h:10001", 3)
+    assert _with_address("torch", "auto") == "torch"  # runs here: no cluster to talk to
+    assert _with_address(TorchEngine(chunk=2), "auto") == TorchEngine(chunk=2)
+    code = "import sys, graftwork.features; assert 'ray' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], env=_env(), check=True, timeout=120)
 
 
 @pytest.fixture()

@@ -23,8 +23,7 @@ __all__ = ["extract"]
               "`graft train`.")
 @param_option("cache_dir")
 @param_option("shard")
-@param_option("engine", extra_choices=("ray",),
-              help="What runs the backbone (ray: Ray Data actors).")
+@param_option("engine", help="What runs the backbone (ray: Ray Data actors).")
 @param_option("address")
 @param_option("num_workers", help="Decode processes (with --engine ray: backbone actors).")
 @param_option("batch_size", default=64)

@@ -20,6 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
+from filelock import FileLock
+
 from graftwork.rundir.files import atomic_write_text
 
 __all__ = ["file_digest", "file_digests"]
@@ -64,24 +66,20 @@ def _load_index(root: Path) -> dict[str, list]:
 
 @contextmanager
 def _index_lock(root: Path) -> Iterator[None]:
-    """An exclusive lock on ``root``'s index (``fcntl.flock`` on a lock file; released when the
-    process dies). Where there is no ``fcntl`` (Windows) or the lock file cannot be opened
-    (read-only cache), no lock: the merge still keeps what it read."""
+    """An exclusive lock on ``root``'s index: a :class:`filelock.FileLock` (``flock`` on Unix,
+    Windows' own file locking; released when the process dies). Where the lock file cannot be
+    made (a read-only cache), no lock: the merge still keeps what it read."""
+    lock: FileLock | None = FileLock(root / LOCK_FILE)
     try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
+        lock.acquire()
+    except OSError as exc:
+        log.debug("file digests of %s merged without a lock: %s", root, exc)
+        lock = None
     try:
-        fh = open(root / LOCK_FILE, "a+b")  # noqa: SIM115 - closed below
-    except OSError:
-        yield
-        return
-    try:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         yield
     finally:
-        fh.close()  # closing releases the lock
+        if lock is not None:
+            lock.release()
 
 
 def _save_index(root: Path, index: dict[str, list], added: dict[str, list] | None = None) -> None:

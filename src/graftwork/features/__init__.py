@@ -8,11 +8,10 @@
 - :mod:`.decode` — uint8 resize + crop in workers, normalisation in the engine
 - :mod:`.engines` — what runs a network: ONNX Runtime, eager torch, or the automatic choice
 - :mod:`.pipeline` — ``extract_features``: digests, cache look-ups, decoding, the engine, shards
+  (or an engine that fills the cache itself: a ``CacheFiller``)
 - :mod:`.folder` — ``extract_folder``: a whole image folder, or shard i of n, into the cache
-- :mod:`.views` — augmented views (and test-time flips) of images as cached features
-- :mod:`.ray_engine` — the backbone in Ray actors (``engine="ray"``; optional ``ray``)
-- :mod:`.session` — the model being fitted or used over all of this (``Session``), and how to
-  run it (``RunOptions``)
+- :mod:`.ray_engine` — ``RayEngine``, registered in ``ENGINES`` as "ray": the backbone in Ray
+  actors (``ray`` is optional, imported only when the engine runs)
 """
 from __future__ import annotations
 
@@ -22,14 +21,15 @@ from graftwork.features.decode import FastEvalTransform, FromPixels, Normalize, 
 from graftwork.features.engines import (ENGINES, AutoEngine, Engine, OnnxEngine, Runner,
                                         TorchEngine, create_engine, export_onnx, onnx_available,
                                         ort_session)
-from graftwork.features.pipeline import (ExtractResult, IndexBatches, bind_backbone,
-                                         bind_pixels, default_workers, extract_features)
+from graftwork.features.pipeline import (CacheFiller, ExtractResult, IndexBatches,
+                                         bind_backbone, bind_pixels, default_workers,
+                                         extract_features)
 from graftwork.features.folder import extract_folder, shard_from_env, shard_samples
-from graftwork.features.open import FeatureSource, open_features
+from graftwork.features.ray_engine import RayEngine
 
 __all__ = ["open_features", "FeatureSource", "FeatureCache", "cache_root", "default_cache_dir", "FastEvalTransform", "FromPixels", "Normalize",
            "resize_size", "ENGINES", "AutoEngine", "Engine", "OnnxEngine", "Runner",
            "TorchEngine", "create_engine", "export_onnx", "onnx_available", "ort_session",
-           "ExtractResult", "IndexBatches", "bind_backbone", "bind_pixels", "default_workers",
-           "extract_features", "file_digest", "extract_folder", "shard_from_env",
-           "shard_samples"]
+           "CacheFiller", "ExtractResult", "IndexBatches", "bind_backbone", "bind_pixels",
+           "default_workers", "extract_features", "file_digest", "extract_folder",
+           "shard_from_env", "shard_samples", "RayEngine"]

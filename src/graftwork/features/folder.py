@@ -10,12 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from graftwork.data.discover import Sample, discover
 from graftwork.errors import ConfigError
-from graftwork.features.engines import Engine
-from graftwork.features.pipeline import ExtractResult, extract_features
+from graftwork.features.engines import Engine, create_engine
+from graftwork.features.pipeline import ExtractResult
 
 __all__ = ["extract_folder", "shard_samples", "shard_from_env", "parse_shard"]
 
@@ -56,6 +57,12 @@ def shard_samples(samples: Sequence[Sample], shard: tuple[int, int]) -> list[Sam
     return [by_path[p] for p in sorted(by_path)[i::n]]
 
 
+def _with_address(engine: str | Engine | None, address: str) -> str | Engine | None:
+    """``engine`` with the cluster ``address`` if it has that setting (Ray's), else as given."""
+    resolved = create_engine(engine)
+    return replace(resolved, address=address) if hasattr(resolved, "address") else engine
+
+
 def extract_folder(data: str | Path, backbone: str = "efficientnet_lite0",
                    weights: str | None = None, image_size: int | None = None,
                    cache_dir: str | Path | None = None, *,
@@ -66,8 +73,9 @@ def extract_folder(data: str | Path, backbone: str = "efficientnet_lite0",
     """Extract (only into the cache) the features of every image of ``data`` (all splits), or of
     shard ``(i, n)`` of them (default :func:`shard_from_env`). ``graft train`` on the same data,
     backbone, weights and image size then reads them from the cache. ``engine="ray"`` runs the
-    backbone in Ray actors (``address`` of a cluster, default a local one). ``seed`` seeds as
-    ``graft train --seed`` does: ``weights="random"`` then gives the same network (cache key)."""
+    backbone in Ray actors (``address`` of a cluster, default a local one; engines without an
+    ``address`` setting ignore it). ``seed`` seeds as ``graft train --seed`` does:
+    ``weights="random"`` then gives the same network (cache key)."""
     from graftwork.features.open import open_features
     from graftwork.training.loop import seed_everything
 
@@ -78,11 +86,8 @@ def extract_folder(data: str | Path, backbone: str = "efficientnet_lite0",
     source = open_features(backbone, weights, image_size, cache_dir)
     log.info("shard %d/%d: %d of %d images", shard[0], shard[1], len(mine),
              len(splits.train) + len(splits.val) + len(splits.test))
-    if engine == "ray":
-        from graftwork.features.ray_engine import ray_extract
-
-        return ray_extract(source.network(), mine, source.preprocessing, source.root,
-                           batch_size=batch_size, workers=num_workers, address=address)
+    if address is not None:
+        engine = _with_address(engine, address)
     return source.extract(mine, batch_size=batch_size, num_workers=num_workers,
                           progress=progress, materialize=False,
                           desc=f"extract {shard[0]}/{shard[1]}", engine=engine)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from tqdm.auto import tqdm
@@ -28,8 +28,8 @@ from graftwork.features.cache import cache_root as resolve_root
 from graftwork.features.decode import FastEvalTransform, FromPixels
 from graftwork.features.engines import Engine, Runner, create_engine
 
-__all__ = ["ExtractResult", "extract_features", "default_workers", "bind_backbone",
-           "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated"]
+__all__ = ["ExtractResult", "CacheFiller", "extract_features", "default_workers",
+           "bind_backbone", "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,20 @@ class ExtractResult:
     engine: str = ""  # what ran the backbone ("" when nothing was extracted)
 
 
+@runtime_checkable
+class CacheFiller(Protocol):
+    """An engine that runs the network elsewhere (Ray actors: :mod:`.ray_engine`) and writes
+    the features into the cache itself, instead of binding a :class:`Runner` here.
+    :func:`extract_features` uses ``fill_cache`` of any engine that has one."""
+
+    def fill_cache(self, backbone: Any, cache: FeatureCache, samples: Sequence[Sample],
+                   digests: Sequence[bytes], preprocessing: Preprocessing, *,
+                   batch_size: int = 64, workers: int | None = None
+                   ) -> tuple[list[tuple[int, str]], str]:
+        """Cache the features of ``samples`` (distinct, uncached ``digests``); returns the
+        failures as (position, reason) and the engine's name."""
+
+
 def _strict_fail(skipped: Sequence[Skipped]) -> None:
     raise BadImageError(f"{skipped[0].path}: {skipped[0].reason}",
                         "fix or remove the file, or run without --strict")
@@ -71,7 +85,8 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: Pr
 
     ``backbone`` is a ``Backbone`` or a prepared record (built only if something must be
     extracted). ``materialize=False`` only fills the cache (memory stays flat). ``engine`` is an
-    :class:`Engine` or a name (default ``$GRAFT_ENGINE`` or ``"auto"``); engines agree ~1e-5.
+    :class:`Engine` or a name (default ``$GRAFT_ENGINE`` or ``"auto"``); engines agree ~1e-5;
+    one that is a :class:`CacheFiller` (``"ray"``) fills the cache itself.
     Every sample whose file cannot be used is in ``skipped`` (also several files with the same
     bad content).
     """
@@ -88,11 +103,17 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: Pr
         if d is not None and d not in index:
             first.setdefault(d, i)
     todo = list(first.values())
-    if todo and hasattr(backbone, "module"):
-        backbone = backbone.module()  # a prepared record: only now is the network needed
-    bad, used = _run_extraction(backbone, cache, [samples[i] for i in todo],
-                                [digests[i] for i in todo], preprocessing, batch_size,
-                                num_workers, progress, desc, engine)
+    if todo:
+        engine = create_engine(engine)
+        if hasattr(backbone, "module"):
+            backbone = backbone.module()  # a prepared record: only now is the network needed
+    if isinstance(engine, CacheFiller):
+        bad, used = engine.fill_cache(backbone, cache, [samples[i] for i in todo], list(first),
+                                      preprocessing, batch_size=batch_size, workers=num_workers)
+    else:
+        bad, used = _run_extraction(backbone, cache, [samples[i] for i in todo],
+                                    [digests[i] for i in todo], preprocessing, batch_size,
+                                    num_workers, progress, desc, engine)
     if bad and strict:
         _strict_fail([Skipped(samples[todo[i]].path, r) for i, r in bad])
     if bad:  # files with the same bad bytes as one that failed are skipped too, each listed

@@ -1,35 +1,38 @@
-"""Feature extraction on Ray Data: the backbone in actors, the cache written by the driver.
+"""The ``"ray"`` engine: the backbone in Ray Data actors, the cache written by the driver.
 
-``ray.data.from_items(rows).map_batches(BackboneActor, concurrency=N, batch_size=B)``: each
-actor builds the network once (its constructor), then decodes and runs its batches and returns
-``(digest, feature)`` rows; the driver writes them into the content-addressed cache as shards.
-A local Ray (``ray.init(num_cpus=...)``) or a cluster (``address="ray://host:10001"`` or
-``"auto"``) — the images' paths must be readable by the actors (a shared file system).
-Needs ``pip install 'graftwork[ray]'``.
+``RayEngine`` (registered in ``ENGINES`` as "ray") fills the cache itself:
+``ray.data.from_items(rows).map_batches(BackboneActor, compute=ActorPoolStrategy(size=N),
+batch_size=B)``: each actor builds the network once (its constructor), then decodes and runs
+its batches and returns ``(digest, feature)`` rows; the driver writes them into the
+content-addressed cache as shards. A local Ray (``ray.init(num_cpus=...)``) or a cluster
+(``address="ray://host:10001"`` or ``"auto"``) — the images' paths must be readable by the
+actors (a shared file system). ``ray`` is imported only when the engine runs: ``pip install
+'graftwork[ray]'``.
 """
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
-from graftwork.data.digests import file_digests
+from graftwork.data.discover import Sample
 from graftwork.data.images import ImageDataset, collate_skip
-from graftwork.data.discover import Sample, Skipped
 from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import ConfigError
 from graftwork.features.cache import SHARD_ROWS, FeatureCache
 from graftwork.features.decode import FastEvalTransform
-from graftwork.features.pipeline import ExtractResult, bind_backbone
+from graftwork.features.engines import ENGINES, Engine, Runner, create_engine
+from graftwork.features.pipeline import bind_backbone
 
-__all__ = ["BackboneActor", "ray_extract"]
+__all__ = ["RayEngine", "BackboneActor"]
 
 log = logging.getLogger(__name__)
 
@@ -82,41 +85,54 @@ def _init_ray(address: str | None, workers: int) -> Any:
     return ray
 
 
-def ray_extract(backbone: Any, samples: Sequence[Sample], preprocessing: Preprocessing,
-                cache_root: str | Path, *, batch_size: int = 64, workers: int | None = None,
-                address: str | None = None, engine: str = "auto") -> ExtractResult:
-    """Fill the cache with the features of ``samples`` not cached yet, on ``workers`` Ray actors
-    (default: one per CPU of a local Ray, 2 at least). Returns no features (``materialize=False``
-    as in :func:`~graftwork.features.extract_features`)."""
-    start = time.perf_counter()
-    root = Path(cache_root)
-    cache = FeatureCache(root, backbone, preprocessing)
-    digests = file_digests([s.path for s in samples], root)
-    skipped = [Skipped(s.path, "cannot read file") for s, d in zip(samples, digests) if d is None]
-    index = cache.index()
-    first: dict[bytes, str] = {}
-    for s, d in zip(samples, digests):
-        if d is not None and d not in index:
-            first.setdefault(d, s.path)
-    failed: dict[bytes, str] = {}
-    if first:
-        n = workers or max(2, (os.cpu_count() or 2) // 2)
-        ray = _init_ray(address, n)
+@dataclass(frozen=True)
+class RayEngine(Engine):
+    """The backbone in ``workers`` Ray actors (default: one per CPU of a local Ray, 2 at least;
+    ``address`` of a cluster, default a local Ray), each running it on ``actor_engine``.
+
+    It fills the feature cache itself (:meth:`fill_cache`, which
+    :func:`~graftwork.features.extract_features` uses for any engine that has it); where a
+    network must run in this process (:meth:`bind`), it runs on ``actor_engine`` here.
+    """
+
+    name: ClassVar[str] = "ray"
+    address: str | None = None
+    workers: int | None = None
+    actor_engine: str = "auto"
+
+    def bind(self, module: nn.Module, example: torch.Tensor, store: Path | None = None,
+             key: str = "", images: int | None = None) -> Runner:
+        return create_engine(self.actor_engine).bind(module, example, store, key, images)
+
+    def fill_cache(self, backbone: Any, cache: FeatureCache, samples: Sequence[Sample],
+                   digests: Sequence[bytes], preprocessing: Preprocessing, *,
+                   batch_size: int = 64, workers: int | None = None
+                   ) -> tuple[list[tuple[int, str]], str]:
+        """Write the features of ``samples`` (distinct ``digests``, none cached yet) into
+        ``cache`` from the actors' results; returns the failures as (position, reason) and
+        ``"ray"`` (``""`` when there was nothing to do)."""
+        if not samples:
+            return [], ""
+        n = self.workers or workers or max(2, (os.cpu_count() or 2) // 2)
+        ray = _init_ray(self.address, n)
         cache.dir.mkdir(parents=True, exist_ok=True)
-        rows = [{"path": p, "digest": d.hex()} for d, p in first.items()]
+        rows = [{"path": s.path, "digest": d.hex()} for s, d in zip(samples, digests)]
         try:  # a pool of n actors (`concurrency=n` before Ray 2.51)
             pool: dict[str, Any] = {"compute": ray.data.ActorPoolStrategy(size=n)}
         except TypeError:
             pool = {"concurrency": n}
         ds = ray.data.from_items(rows).map_batches(
-            BackboneActor, fn_constructor_args=(backbone, preprocessing, str(cache.dir), engine),
+            BackboneActor, fn_constructor_args=(backbone, preprocessing, str(cache.dir),
+                                                self.actor_engine),
             batch_size=batch_size, batch_format="numpy", num_cpus=1, **pool)
+        position = {d: i for i, d in enumerate(digests)}
+        failed: list[tuple[int, str]] = []
         feats: list[np.ndarray] = []
         keys: list[bytes] = []
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             ok = batch["reason"] == ""
-            for d, r in zip(batch["digest"][~ok], batch["reason"][~ok]):
-                failed[bytes.fromhex(str(d))] = str(r)
+            failed += [(position[bytes.fromhex(str(d))], str(r))
+                       for d, r in zip(batch["digest"][~ok], batch["reason"][~ok])]
             feats.append(batch["features"][ok])
             keys += [bytes.fromhex(str(d)) for d in batch["digest"][ok]]
             if len(keys) >= SHARD_ROWS:
@@ -124,12 +140,7 @@ def ray_extract(backbone: Any, samples: Sequence[Sample], preprocessing: Preproc
                 feats, keys = [], []
         if keys:
             cache.write_shard(torch.from_numpy(np.concatenate(feats)), keys)
-    skipped += [Skipped(s.path, failed[d]) for s, d in zip(samples, digests) if d in failed]
-    index = cache.index()
-    ok_mask = torch.tensor([d is not None and d in index for d in digests], dtype=torch.bool)
-    result = ExtractResult(None, ok_mask, skipped, len(first) - len(failed),
-                           len(samples) - len(first), time.perf_counter() - start,
-                           "ray" if first else "")
-    log.info("extract (ray): %d images, %d from cache, %d extracted, %d skipped in %.1fs",
-             len(samples), result.cached, result.extracted, len(skipped), result.seconds)
-    return result
+        return sorted(failed), self.name
+
+
+ENGINES.register(RayEngine.name, RayEngine)  # a plug-in: one line

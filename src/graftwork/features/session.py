@@ -24,7 +24,7 @@ from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import BadImageError, DataError
 from graftwork.features.cache import FeatureCache, cache_root
 from graftwork.features.decode import FastEvalTransform
-from graftwork.features.engines import AutoEngine, OnnxEngine, TorchEngine
+from graftwork.features.engines import AutoEngine, OnnxEngine, TorchEngine, create_engine
 from graftwork.features.prepared import PreparedBackbone
 from graftwork.features.pipeline import (ExtractResult, Gated, bind_pixels, default_workers,
                                          extract_features, extract_workers, gated_stream)
@@ -308,7 +308,7 @@ class Session:
             return torch_engine
         if self.options.engine == "onnx":
             return AutoEngine(min_images=0, onnx=OnnxEngine(), torch=torch_engine)
-        return self.options.engine  # an Engine object
+        return create_engine(self.options.engine)  # another registered name, or an Engine
 
     def head_outputs(self) -> int:
         return [m for m in self.head.modules() if isinstance(m, nn.Linear)][-1].out_features

@@ -1,6 +1,7 @@
-"""The writer's side of a run directory: ``RunLock`` (one writing process at a time, stale
-locks taken over) and ``prepare_out`` (the ``graft train --out`` policy: never mix a finished
-run with a new one unless ``--overwrite``, which removes graftwork's files only).
+"""The writer's side of a run directory: ``RunLock`` (one writing process at a time: a
+``filelock.FileLock``, free again when its process dies) and ``prepare_out`` (the ``graft train
+--out`` policy: never mix a finished run with a new one unless ``--overwrite``, which removes
+graftwork's files only).
 
 Torch-free, like :mod:`graftwork.rundir` (which re-exports both names).
 """
@@ -10,10 +11,11 @@ import datetime as dt
 import json
 import logging
 import os
-import secrets
 import shutil
 import socket
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 from graftwork.errors import ConfigError, RunDirError
 from graftwork.rundir.files import (CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES,
@@ -27,18 +29,6 @@ log = logging.getLogger("graftwork.rundir")
 
 
 # ---------------------------------------------------------------------- the writer's lock
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":  # os.kill(pid, 0) would send Ctrl-C there: assume alive
-        return True
-    try:
-        os.kill(pid, 0)
-    except PermissionError:  # another user's live process
-        return True
-    except (OverflowError, ValueError, OSError):  # ProcessLookupError: gone
-        return False
-    return True
-
-
 def _ensure_dir(run: Path) -> None:
     """Create ``run`` or raise ``RunDirError`` saying why it cannot hold a run."""
     if run.exists() and not run.is_dir():
@@ -54,18 +44,31 @@ def _ensure_dir(run: Path) -> None:
                           "choose an --out in a folder you can write to, or fix its permissions")
 
 
+def _owner(record: bytes) -> tuple[int, str, str] | None:
+    """(pid, host, started) of a lock record, or None if it is not one."""
+    try:
+        owner = json.loads(record)
+        return int(owner["pid"]), str(owner["host"]), str(owner.get("started", "?"))
+    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+        return None
+
+
 class RunLock:
     """``with RunLock(run_dir):`` only one process writes a run at a time.
 
-    ``run_dir/.graft.lock`` is created exclusively and holds ``{pid, host, started}``. A lock
-    whose process is gone (or that cannot be read) is stale: it is replaced with a warning.
-    The lock file is removed on exit, also when the block raises.
+    ``run_dir/.graft.lock`` is a :class:`filelock.FileLock` (``flock`` on Unix, also across
+    NFS clients; Windows' own file locking): the system releases it when its process ends,
+    however it ends, so a lock left by a killed run is free at once. While held, the file holds
+    ``{pid, host, started}`` for the message a second writer gets; it is removed on release,
+    also when the block raises (a record a dead process left is replaced with a warning).
     """
 
     def __init__(self, run_dir: str | Path) -> None:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_FILE
         self._content: bytes | None = None
+        self._previous = b""
+        self._lock = FileLock(self.path, timeout=0, on_acquired=self._write_owner)
 
     def __enter__(self) -> RunLock:
         self.acquire()
@@ -74,67 +77,63 @@ class RunLock:
     def __exit__(self, *exc: object) -> None:
         self.release()
 
+    def _write_owner(self, fd: int) -> None:
+        """Called by filelock on the locked file: keep what was there, write our record."""
+        os.lseek(fd, 0, os.SEEK_SET)
+        self._previous = os.read(fd, 4096)
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, self._content or b"")
+
     def acquire(self) -> None:
         """Take the lock (creating the run folder); ``RunBusyError`` if a live process has it."""
         _ensure_dir(self.run_dir)
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
-        content = json.dumps(owner).encode("utf-8")
-        for _ in range(5):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                self._break_if_stale()
-                continue
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(content)
-            self._content = content
-            return
-        raise RunBusyError(f"cannot lock {str(self.run_dir)!r}: other processes keep taking it",
-                           "wait for them to finish, or use another --out")
+        self._content = json.dumps(owner).encode("utf-8")
+        self._previous = b""
+        left_over = self.path.exists()  # a release removes it: a leftover is stale
+        try:
+            self._lock.acquire()
+        except Timeout:
+            self._content = None
+            raise self._busy() from None
+        if left_over or self._previous:  # left by a process that ended while holding it
+            left = _owner(self._previous)
+            where = "" if left is None or left[1] == socket.gethostname() else f" on {left[1]}"
+            log.warning("replaced stale lock %s (%s)", self.path,
+                        "unreadable" if left is None else f"process {left[0]}{where} is gone")
 
-    def _break_if_stale(self) -> None:
-        """Raise ``RunBusyError`` if the lock's owner is alive, else remove the stale lock."""
+    def _busy(self) -> RunBusyError:
+        """The error for a lock another process holds, naming it when its record says."""
         try:
-            seen = self.path.read_bytes()
-        except FileNotFoundError:
-            return
-        try:
-            owner = json.loads(seen)
-            pid, host, since = int(owner["pid"]), str(owner["host"]), owner.get("started", "?")
-        except (ValueError, TypeError, KeyError):
-            pid, host, since = None, "", "?"
-        if pid is not None and (host != socket.gethostname() or _pid_alive(pid)):
-            where = "" if host == socket.gethostname() else f" on host {host}"
-            raise RunBusyError(f"{str(self.run_dir)!r} is being written by process {pid}{where} "
-                               f"(since {since})", "wait for it to finish, or use another --out "
-                               f"(if process {pid}{where} is not graftwork, delete {self.path})")
-        log.warning("removing stale lock %s (%s)", self.path,
-                    f"process {pid} is gone" if pid is not None else "unreadable")
-        # Move it aside before deleting, and put it back if it was not the stale one we read:
-        # two processes breaking the same stale lock must not delete each other's new lock.
-        aside = self.path.with_name(f"{LOCK_FILE}.{os.getpid()}.{secrets.token_hex(4)}.stale")
-        try:
-            os.rename(self.path, aside)
-        except FileNotFoundError:
-            return
-        if aside.read_bytes() != seen:
-            try:
-                os.link(aside, self.path)
-            except OSError:
-                pass
-        aside.unlink(missing_ok=True)
+            owner = _owner(self.path.read_bytes())
+        except OSError:  # Windows: the holder's locked byte cannot be read
+            owner = None
+        if owner is None:  # not written yet, or unreadable
+            return RunBusyError(f"{str(self.run_dir)!r} is being written by another process",
+                                f"wait for it to finish, or use another --out (it holds "
+                                f"{self.path})")
+        pid, host, since = owner
+        where = "" if host == socket.gethostname() else f" on host {host}"
+        return RunBusyError(f"{str(self.run_dir)!r} is being written by process {pid}{where} "
+                            f"(since {since})", "wait for it to finish, or use another --out "
+                            f"(process {pid}{where} holds {self.path})")
 
     def release(self) -> None:
-        """Remove the lock file if it is still ours."""
+        """Remove the lock file (if it is still ours) while still holding it, then release."""
         if self._content is None:
             return
         try:
             if self.path.read_bytes() == self._content:
+                # A process that opened the file meanwhile finds it unlinked once it gets the
+                # lock, and opens a new one (filelock checks); Windows removes it on release.
                 self.path.unlink()
-        except FileNotFoundError:
+        except OSError:
             pass
-        self._content = None
+        finally:
+            self._content = None
+            self._lock.release()
 
 
 # ---------------------------------------------------------------------- the --out policy

@@ -279,12 +279,6 @@ class Runtime:
         dev = resolve_device(device)
         return cls(dev, resolve_precision(precision, dev))
 
-    @classmethod
-    def cpu_fp32(cls) -> Runtime:
-        import torch
-
-        return cls(torch.device("cpu"), Precision("fp32", reason="default"))
-
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         return self.precision.autocast(self.device)
 
