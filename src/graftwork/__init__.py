@@ -4,7 +4,8 @@ The package tree is the architecture (``docs/architecture.md``): ``data`` (image
 ``backbones`` (pretrained networks and their weights) -> ``model`` (backbone + head, BatchNorm
 tools) -> ``features`` (the feature cache and inference engines) -> ``training`` (the loop,
 callbacks, devices) -> ``phases`` (training strategies) -> ``estimator``
-(``ImageClassifier``) -> ``rundir``, ``report``, ``deploy`` -> ``cli``.
+(``ImageClassifier``) -> ``rundir``, ``report``, ``deploy``; ``datacheck`` (``graftwork.audit``:
+label errors, duplicates, outliers) -> ``cli``.
 
 Exports are loaded lazily so that ``import graftwork`` (and the CLI's ``--help``) stay fast.
 """
@@ -18,6 +19,7 @@ from graftwork import _compat
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "audit": "datacheck", "AuditResult": "datacheck",
     "ImageClassifier": "estimator.classifier", "STRATEGIES": "estimator.classifier",
     "Backbone": "backbones", "BackboneSpec": "backbones", "WeightsInfo": "backbones",
     "create_backbone": "backbones", "get_spec": "backbones", "list_backbones": "backbones",

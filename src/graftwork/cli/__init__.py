@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from graftwork.cli import extract as _cli_extract
+from graftwork.cli import audit as _cli_audit
 from graftwork.cli import tools as _cli_tools
 from graftwork.cli import deploy as cli_deploy
 from graftwork.cli.common import (_friendly, _progress_bars, _setup_logging, build_report_quietly,
@@ -274,7 +275,7 @@ def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
 
 
 for _command in (*_cli_tools.COMMANDS, cli_deploy.export, cli_deploy.serve,
-                 _cli_extract.extract):
+                 _cli_extract.extract, _cli_audit.audit):
     main.add_command(_command)
 
 if __name__ == "__main__":

@@ -1,0 +1,98 @@
+"""``graft audit DATA``: what is wrong with a folder of labelled images (one library call,
+:func:`graftwork.datacheck.audit`): a table here, ``--json`` on stdout, and ``audit.csv``,
+``audit.json`` and ``audit.html`` in ``--out`` (never inside DATA)."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from graftwork.cli.common import _friendly, _progress_bars, _setup_logging
+from graftwork.cli.options import param_option
+from graftwork.errors import DataError, RunDirError
+
+__all__ = ["audit"]
+
+
+def _out_dir(out: Path | None, data: Path) -> Path:
+    """``--out`` (default ``audit-<DATA name>`` here), checked and created; never in DATA."""
+    out = out if out is not None else Path(f"audit-{data.resolve().name}")
+    real, inside = os.path.realpath(out), os.path.realpath(data)
+    if real == inside or real.startswith(inside.rstrip(os.sep) + os.sep):
+        raise DataError(f"--out {str(out)!r} is inside DATA {str(data)!r}: graftwork never "
+                        "writes into DATA", "choose an --out outside the data folder")
+    if out.exists() and not out.is_dir():
+        raise RunDirError(f"--out {str(out)!r} is a file, not a folder", "choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise RunDirError(f"cannot create {str(out)!r}: {exc.strerror or exc}",
+                          "choose an --out in a folder you can write to") from exc
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write to {str(out)!r}",
+                          "choose an --out in a folder you can write to, or fix its permissions")
+    return out
+
+
+def _table(result: Any) -> str:
+    from graftwork.report import format_table
+
+    s = result.summary
+    lines = [f"{s['images']} images, {len(s['classes'])} classes {s['splits']}: "
+             f"{len(result.label_issues)} likely label errors, {len(result.duplicates)} "
+             f"duplicate groups ({len(result.leaks)} across splits), {len(result.outliers)} "
+             f"outliers ({s['seconds']['total']:.1f} s)"]
+    lines += [f"note: {n['message']}" for n in s["notes"]]
+    if result.duplicates:
+        rows = [{"kind": g["kind"], "splits": "+".join(g["splits"]), "images": len(g["paths"]),
+                 "paths": " ".join(g["paths"][:3]) + (" ..." if len(g["paths"]) > 3 else "")}
+                for g in result.duplicates]
+        lines += ["", "duplicates (leaks first)",
+                  format_table(rows, ["kind", "splits", "images", "paths"])]
+    if result.label_issues:
+        lines += ["", "likely label errors (most likely first)",
+                  format_table(result.label_issues, ["path", "label", "suggested", "score"])]
+    if result.outliers:
+        lines += ["", "outliers", format_table(result.outliers, ["path", "score"])]
+    return "\n".join(lines)
+
+
+@click.command()
+@click.argument("data", type=click.Path(path_type=Path))
+@param_option("backbone")
+@param_option("weights")
+@param_option("image_size")
+@param_option("cache_dir")
+@param_option("num_workers")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for audit.csv, audit.json and audit.html [default: audit-<DATA name>].")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as one JSON object.")
+@param_option("quiet")
+@param_option("verbose")
+@_friendly
+def audit(data: Path, backbone: str, weights: str | None, image_size: int | None,
+          cache_dir: str | None, num_workers: int | None, out: Path | None, as_json: bool,
+          quiet: bool, verbose: bool) -> None:
+    """Find likely label errors, duplicates (leaks across splits first) and outliers in DATA."""
+    from graftwork.datacheck import audit as run_audit
+    from graftwork.datacheck.page import build_page
+    from graftwork.datacheck.result import HTML_FILE
+
+    _setup_logging(verbose, quiet or as_json)
+    if not data.is_dir():
+        raise DataError(f"folder {str(data)!r} does not exist", "check the path")
+    folder = _out_dir(out, data)
+    result = run_audit(data, backbone=backbone, weights=weights, image_size=image_size,
+                       cache_dir=cache_dir, num_workers=num_workers,
+                       progress=_progress_bars(quiet or as_json))
+    result.write(folder)
+    build_page(result, folder / HTML_FILE)
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+    else:
+        click.echo(_table(result))
+        click.echo(f"\nwrote {folder / HTML_FILE} and {folder / 'audit.csv'} (graft train DATA "
+                   f"--exclude {folder / 'audit.csv'} leaves the listed files out)")

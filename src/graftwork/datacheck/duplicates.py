@@ -1,0 +1,127 @@
+"""Duplicates within and across splits, as groups.
+
+``exact``: the same file bytes (sha256) or the same decoded pixels in other bytes. ``near``: a
+copy re-encoded, cropped, resized or relit. A classification network's pooled features ignore
+exactly what tells a copy from a look-alike, so near copies are verified with signals of their
+own: candidate pairs are each image's nearest neighbours (an index, never an n x n matrix) in
+three signals -- pooled features (cosine) and zero-mean, unit-norm grayscale thumbnails at 16
+and 8 px (correlation: brightness and contrast drop out) -- and a pair is linked when the two
+are much closer to each other than each is to its next neighbour, summed over the signals:
+``sum log((1 - s_next) / (1 - s_pair))`` >= ``THRESHOLD``. A copy stands out from its
+look-alikes in at least one signal; a look-alike does not. Groups are connected components.
+A group whose images sit in two splits is a leak and comes first.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from graftwork.datacheck.inputs import AuditInputs, knn, unit
+
+__all__ = ["find_duplicates", "THRESHOLD"]
+
+K = 10
+THRESHOLD = 2.0
+SIDES = (16, 8)
+
+
+class _Union:
+    """Union-find over ``n`` items."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = list(range(n))
+
+    def find(self, a: int) -> int:
+        while self.parent[a] != a:
+            self.parent[a] = self.parent[self.parent[a]]
+            a = self.parent[a]
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        a, b = self.find(a), self.find(b)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _thumb_vectors(thumbs: np.ndarray, side: int) -> np.ndarray:
+    n, s, _ = thumbs.shape
+    f = s // side
+    t = thumbs.reshape(n, side, f, side, f).mean((2, 4)).reshape(n, -1)
+    return unit(t - t.mean(1, keepdims=True))
+
+
+def _exact(keys: Sequence[bytes], uf: _Union) -> None:
+    by: dict[bytes, list[int]] = defaultdict(list)
+    for i, key in enumerate(keys):
+        by[key].append(i)
+    for group in by.values():
+        for member in group[1:]:
+            uf.union(group[0], member)
+
+
+def _pair_scores(signals: list[np.ndarray], pairs: np.ndarray, m: int) -> np.ndarray:
+    """How much closer each candidate pair is than either image's next neighbour."""
+    a, b = pairs[:, 0], pairs[:, 1]
+    score = np.zeros(len(pairs))
+    for z in signals:
+        sim = np.einsum("ij,ij->i", z[a], z[b])
+        best = np.full((m, 2), -2.0)  # best and second best similarity of each image
+        for u, s in zip(np.r_[a, b], np.r_[sim, sim]):
+            if s > best[u, 0]:
+                best[u, 1], best[u, 0] = best[u, 0], s
+            elif s > best[u, 1]:
+                best[u, 1] = s
+
+        def other(u: np.ndarray, s: np.ndarray) -> np.ndarray:
+            return np.where(s >= best[u, 0] - 1e-7, best[u, 1], best[u, 0])
+
+        eps = 1e-4
+        ratio_a = (1 - other(a, sim) + eps) / (1 - sim + eps)
+        ratio_b = (1 - other(b, sim) + eps) / (1 - sim + eps)
+        score += np.log(np.minimum(ratio_a, ratio_b))
+    return score
+
+
+def find_duplicates(inputs: AuditInputs) -> list[dict[str, Any]]:
+    """Groups of copies: {paths, kind: "exact"|"near", splits, similarity} (similarity: the
+    highest feature cosine between two members); leaks across splits first."""
+    n = len(inputs.paths)
+    exact = _Union(n)
+    _exact(inputs.file_digests, exact)
+    _exact(inputs.pixel_digests, exact)
+    rep = np.array([i for i in range(n) if exact.find(i) == i])  # one image per exact group
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in range(n):
+        members[exact.find(i)].append(i)
+    linked: list[tuple[int, int]] = []
+    if len(rep) > 2:
+        signals = [unit(inputs.features[rep])] + [_thumb_vectors(inputs.thumbs[rep], s)
+                                                  for s in SIDES]
+        candidates = {(min(r, int(j)), max(r, int(j)))
+                      for z in signals for r, row in enumerate(knn(z, K)[1]) for j in row}
+        pairs = np.array(sorted(candidates), dtype=np.int64).reshape(-1, 2)
+        score = _pair_scores(signals, pairs, len(rep))
+        linked = [(int(a), int(b)) for a, b in pairs[score >= THRESHOLD]]
+    near = _Union(len(rep))
+    for a, b in linked:
+        near.union(a, b)
+    components: dict[int, list[int]] = defaultdict(list)
+    for r in range(len(rep)):
+        components[near.find(r)].append(r)
+    z = unit(inputs.features)
+    groups = []
+    for reps in components.values():
+        group = sorted(i for r in reps for i in members[int(rep[r])])
+        if len(group) < 2:
+            continue
+        sims = z[group] @ z[group].T
+        np.fill_diagonal(sims, -1.0)
+        groups.append({"paths": [inputs.paths[i] for i in group],
+                       "kind": "exact" if len(reps) == 1 else "near",
+                       "splits": sorted({str(inputs.splits[i]) for i in group}),
+                       "similarity": round(min(1.0, float(sims.max())), 4)})
+    groups.sort(key=lambda g: (len(g["splits"]) < 2, g["kind"] != "exact", -g["similarity"]))
+    return groups
