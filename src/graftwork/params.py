@@ -240,6 +240,8 @@ PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
          """JSON '{"cat": 2}'.""", dest="class_weights_text"),
     _opt("device", "str", "auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps."),
     _opt("cache_dir", "str", None, "Feature cache (default ~/.cache/graftwork)."),
+    _opt("exclude", "str", None, "Leave out the files a list names: graft audit's audit.csv, or "
+         "one path per line (relative to DATA or absolute); recorded in config.json."),
     _opt("shard", "str", None, "Extract shard I of N (every N-th file by path). Default: from "
          "$SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT or torchrun's $RANK/$WORLD_SIZE, else all "
          "files.", metavar="I/N"),

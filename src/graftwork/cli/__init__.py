@@ -105,6 +105,7 @@ def _skip_final_gc() -> None:
 @param_option("precision")
 @param_option("engine")
 @param_option("cache_dir")
+@param_option("exclude")
 @param_option("num_workers")
 @param_option("strict")
 @param_option("resume")
@@ -193,6 +194,7 @@ def final_summary(clf: Any, out: Path) -> str:
         if kept:
             lines.append(f"{', '.join(kept)}: no epoch beat the starting weights on validation "
                          "(best_epoch 0); kept them")
+    lines += [f"warning: {w}" for w in m.get("warnings") or []]
     for phase, why in (m.get("skipped_phases") or {}).items():
         lines.append(f"{phase}: skipped ({why})")
     val, test = m.get("val", {}), m.get("test", {})

@@ -41,12 +41,12 @@ CHECKS.register("notes", find_notes)
 
 def audit(data: str | Path, *, backbone: str = "efficientnet_lite0", weights: str | None = None,
           image_size: int | None = None, cache_dir: str | Path | None = None,
-          num_workers: int | None = None, progress: bool = False) -> AuditResult:
+          num_workers: int | None = None, progress: bool = False, seed: int = 0) -> AuditResult:
     """Run every registered check on DATA (``DATA/train|val|test/<class>`` or
     ``DATA/<class>``); features come from the cache (extracted once)."""
     t0 = time.perf_counter()
     inputs = gather(data, backbone=backbone, weights=weights, image_size=image_size,
-                    cache_dir=cache_dir, num_workers=num_workers, progress=progress)
+                    cache_dir=cache_dir, num_workers=num_workers, progress=progress, seed=seed)
     found: dict[str, list[dict[str, Any]]] = {}
     seconds = dict(inputs.seconds)
     for name, check in CHECKS.items():

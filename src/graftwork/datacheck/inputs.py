@@ -171,10 +171,14 @@ def _pixels(paths: Sequence[str], digests: Sequence[bytes | None], root: Path, w
 # ------------------------------------------------------------------------- gathering
 def gather(data: str | Path, *, backbone: str = "efficientnet_lite0", weights: str | None = None,
            image_size: int | None = None, cache_dir: str | Path | None = None,
-           num_workers: int | None = None, progress: bool = False) -> AuditInputs:
+           num_workers: int | None = None, progress: bool = False, seed: int = 0) -> AuditInputs:
     """Everything the checks read about DATA; ``DataError`` when nothing can be audited.
-    DATA is only read."""
+    DATA is only read. ``seed`` seeds as ``graft train --seed`` does (``weights="random"``
+    then gives the same network, and so the same cached features)."""
+    from graftwork.training.loop import seed_everything
+
     t0 = time.perf_counter()
+    seed_everything(seed)
     root = Path(data)
     splits = discover(root, val_fraction=0.0, test_fraction=0.0)
     samples: list[Sample] = []

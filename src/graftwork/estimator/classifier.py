@@ -72,6 +72,7 @@ class ImageClassifier(ParamsMixin):
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
                  device: str = "auto", precision: str = "auto", engine: str = "auto",
                  cache_dir: str | None = None, num_workers: int | None = None,
+                 exclude: str | None = None,
                  strict: bool = False, progress: bool = True) -> None:
         self.backbone = backbone
         self.strategy = strategy
@@ -106,6 +107,7 @@ class ImageClassifier(ParamsMixin):
         self.precision = precision
         self.engine = engine
         self.cache_dir = cache_dir
+        self.exclude = exclude
         self.num_workers = num_workers
         self.strict = strict
         self.progress = progress

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from graftwork.data.digests import file_digests
+from graftwork.data.hygiene import read_exclude, split_copies, without
 from graftwork.data.discover import Sample, Splits, discover
 from graftwork.data.transforms import eval_transform
 from graftwork.errors import DataError
@@ -47,6 +49,7 @@ def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], 
     params = clf.get_params(deep=False)
     seed_everything(params["seed"])
     splits = discover(data, params["val_fraction"], params["test_fraction"], params["seed"])
+    splits = _data_checks(clf, splits, data, params)
     needs_network = any(p.needs_network for p in phases)
     source = open_features(params["backbone"], params["weights"], params["image_size"],
                            params["cache_dir"], network=needs_network)
@@ -98,6 +101,27 @@ def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], 
     clf.metrics_ = _final_metrics(clf, session, splits, time.perf_counter() - t0)
     if calibration:
         clf.metrics_["calibration"] = calibration
+
+
+def _data_checks(clf: ParamsMixin, splits: Splits, data: str | Path,
+                 params: dict[str, Any]) -> Splits:
+    """The files ``exclude`` lists left out (``clf.excluded_``, relative to DATA), and a
+    warning (``clf.warnings_``) when held-out images are exact copies of training images."""
+    dropped: list[str] = []
+    if params.get("exclude"):
+        splits, dropped = without(splits, read_exclude(params["exclude"], data))
+        log.info("left out %d files listed in %s", len(dropped), params["exclude"])
+    clf.excluded_ = sorted(os.path.relpath(p, data) for p in dropped)
+    clf.warnings_ = []
+    copies = split_copies(splits, cache_root(params["cache_dir"]))
+    if copies:
+        train, held = copies[0]
+        clf.warnings_.append(
+            f"{len(copies)} held-out images are exact copies of training images (e.g. "
+            f"{os.path.relpath(held, data)} = {os.path.relpath(train, data)}): the val/test "
+            "accuracy is inflated; `graft audit DATA` lists them, `--exclude` leaves them out")
+        log.warning("%s", clf.warnings_[-1])
+    return splits
 
 
 def fingerprint(params: dict[str, Any], splits: Splits) -> dict[str, Any]:
@@ -180,6 +204,8 @@ def _final_metrics(clf: ParamsMixin, session: Session, splits: Splits,
                    wall_time_s=round(seconds, 2), features=session.extract_stats)
     if clf.skipped_phases_:
         metrics["skipped_phases"] = dict(clf.skipped_phases_)
+    if clf.warnings_:
+        metrics["warnings"] = list(clf.warnings_)
     return metrics
 
 

@@ -72,6 +72,7 @@ def run_config(clf: ParamsMixin) -> dict[str, Any]:
         "best_phase": getattr(clf, "best_phase_", None),
         "trainable": getattr(clf, "trainable_", {}),
         "splits": clf.splits_.counts() if hasattr(clf, "splits_") else {},
+        "excluded": getattr(clf, "excluded_", []),
         "runtime": getattr(clf, "runtime_", {}),
         **({"calibration": dict(calibration)} if calibration else {}),
         "versions": rundir.package_versions(),

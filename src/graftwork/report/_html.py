@@ -51,8 +51,10 @@ def _header(run: Run, evaluation: Evaluation | None) -> str:
         cards.append(("ECE before \u2192 after",
                       " \u2192 ".join(f"{e:.3f}" if math.isfinite(e) else "-" for e in eces)))
     created = f" &middot; created {_e(config['created'])}" if config.get("created") else ""
+    warnings = [w for w in metrics.get("warnings") or [] if isinstance(w, str)]
+    notes = "".join(f'<p class="verdict bad">Warning: {_e(w)}</p>' for w in warnings)
     return kit.header(f"graftwork run: {run.name}", str(run.path.resolve()),
-                      subtitle_html=created, body=kit.cards(cards))
+                      subtitle_html=created, body=kit.cards(cards) + notes)
 
 
 def _curves_section(curves: Sequence[Chart], run: Run) -> str:
