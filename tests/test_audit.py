@@ -151,3 +151,38 @@ def test_python_api(faulty: Path, cache_dir: str) -> None:
     assert result.leaks and result.summary["images"] == 3 * 22 + 4
     rows = result.csv_rows()
     assert {r["finding"] for r in rows} >= {"label_issue", "leak", "outlier"}
+
+
+def test_audit_page_renders_in_chromium_with_every_thumbnail(faulty: Path, tmp_path: Path,
+                                                             cache_dir: str) -> None:
+    import shutil as sh
+    import subprocess
+
+    chromium = sh.which("chromium")
+    if chromium is None:
+        pytest.skip("chromium is not installed")
+    out = tmp_path / "audit"
+    res = CliRunner().invoke(main, ["audit", str(faulty), *ARGS, "--cache-dir", cache_dir,
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    page = (out / "audit.html").read_text(encoding="utf-8")
+    # a copy with a probe that counts, once loaded, the images the browser decoded
+    probe = ("<script>window.addEventListener('load', () => { const i = [...document.images];"
+             " document.body.setAttribute('data-loaded', i.filter(x => x.complete && "
+             "x.naturalWidth > 0).length + '/' + i.length); });</script>")
+    probed = tmp_path / "probed.html"
+    probed.write_text(page.replace("</body>", probe + "</body>"), encoding="utf-8")
+    flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+             "--no-first-run", "--disable-background-networking", "--disable-component-update",
+             "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=5000", "--dump-dom",
+                          probed.resolve().as_uri()], capture_output=True, text=True,
+                         timeout=90, check=False).stdout
+    loaded = dom.split('data-loaded="')[1].split('"')[0]
+    done, total = map(int, loaded.split("/"))
+    assert total == page.count("<img ") and total >= 8 and done == total, loaded
+    shot = tmp_path / "shot.png"
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,2000",
+                    (out / "audit.html").resolve().as_uri()], capture_output=True, timeout=90,
+                   check=False)
+    assert shot.is_file() and shot.stat().st_size > 10_000
