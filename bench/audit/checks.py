@@ -85,7 +85,7 @@ def oof_probabilities(features: np.ndarray, labels: np.ndarray, *, folds: int = 
 
 
 def label_issues(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, C: float = 0.003,
-                 pca: int = 256, rounds: int = 2, cut: str = "below_chance", seed: int = 0,
+                 pca: int = 256, rounds: int = 1, cut: str = "below_chance", seed: int = 0,
                  return_probs: bool = False) -> Any:
     """Likely label errors, most likely first: [{index, label, suggested, score}].
 
@@ -147,7 +147,7 @@ def _exact_groups(keys: Sequence[Any]) -> list[list[int]]:
 
 def duplicate_groups(features: np.ndarray, thumbs: np.ndarray, file_digests: Sequence[Any],
                      pixel_digests: Sequence[Any], splits: Sequence[str] | None = None, *,
-                     k: int = 10, threshold: float = 2.0, sides: tuple[int, ...] = (16, 8),
+                     k: int = 10, threshold: float = 1.5, sides: tuple[int, ...] = (16, 8),
                      return_pairs: bool = False) -> Any:
     """Groups of duplicates: [{members, kind, score, splits}], kind "exact" or "near".
 
