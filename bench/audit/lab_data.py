@@ -35,7 +35,6 @@ def list_folder(root: Path) -> tuple[list[str], list[str], list[str], list[str]]
 def decode_one(path: str) -> tuple[bytes, np.ndarray]:
     """(digest of the decoded RGB pixels and their shape, 32x32 grayscale thumbnail float32)."""
     with Image.open(path) as im:
-        im.draft("RGB", (THUMB * 2, THUMB * 2)) if im.format == "JPEG" and False else None
         rgb = im.convert("RGB")
     a = np.asarray(rgb)
     h = hashlib.sha256(np.array(a.shape, np.int64).tobytes())
