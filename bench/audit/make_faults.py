@@ -32,11 +32,15 @@ import argparse
 import gzip
 import io
 import json
+import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from export_fashion_mnist import read_idx  # noqa: E402  (the one IDX reader)
 
 SIZE = 96
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -54,14 +58,6 @@ CONFIGS = {
                          near_ops=["brightness", "crop", "downup", "jpeg_strong"], outliers=6,
                          outlier_class="digit_3", outlier_kind="faces+photo-gray"),
 }
-
-
-def read_idx(path: Path) -> np.ndarray:
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_source(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
