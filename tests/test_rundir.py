@@ -483,7 +483,9 @@ def test_overwrite_removes_only_graftwork_files(tmp_path: Path) -> None:
     commit(run, staging)
     assert sorted(p.name for p in run.iterdir()) == sorted([".hidden.tmp", CONFIG_FILE,
                                                             MODEL_FILE, "mine", "notes.txt"])
-    assert load_config(run)["classes"] == ["new", "one"]  # the seal holds after the swap
+    cfg = read_json(run / CONFIG_FILE)
+    assert cfg["classes"] == ["new", "one"]
+    check_integrity(run, cfg)  # the seal holds after the swap
 
 
 def test_interrupted_run_can_resume(tmp_path: Path) -> None:

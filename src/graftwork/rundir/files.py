@@ -203,10 +203,19 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+#: The sections of ``metrics.json`` that readers use, and the JSON type each must have.
+_METRIC_TYPES: dict[str, tuple[type, ...]] = {
+    "val": (dict,), "test": (dict,), "bn": (dict,), "doctor": (dict,), "features": (dict,),
+    "calibration": (dict,), "skipped_phases": (dict,), "phases": (list,),
+    "wall_time_s": (int, float), "skipped": (int,),
+}
+
+
 def read_metrics(run_dir: str | Path, *, missing_ok: bool = False) -> dict[str, Any]:
     """``metrics.json`` of a run; never raises. ``{}`` with a warning when it is unreadable or
     not a JSON object, and when it is missing (silently with ``missing_ok``: an optional file,
-    as reports and listings read it)."""
+    as reports and listings read it). A known section of the wrong JSON type (hand-edited,
+    damaged) is left out with a warning, so no reader trips on it."""
     path = Path(run_dir) / METRICS_FILE
     if missing_ok and not path.is_file():
         return {}
@@ -218,4 +227,13 @@ def read_metrics(run_dir: str | Path, *, missing_ok: bool = False) -> dict[str, 
     if not isinstance(data, dict):
         log.warning("no metrics for %s: %s does not hold a JSON object", run_dir, path)
         return {}
+    for key, types in _METRIC_TYPES.items():
+        value = data.get(key)
+        if key in data and (not isinstance(value, types) or isinstance(value, bool)):
+            log.warning("ignoring %s of %s: not a JSON %s", key, path,
+                        "object" if types == (dict,) else "list" if types == (list,) else
+                        "number")
+            del data[key]
+    if isinstance(data.get("phases"), list):
+        data["phases"] = [p for p in data["phases"] if isinstance(p, dict)]
     return data
