@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import shutil
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +51,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             mp.setenv(key, "1")
         mp.setenv("GRAFT_ENGINE", "torch")
         data = make_image_folder(tmp / "data", classes=2, counts={"": 6})
+        for image in data.rglob("*.png"):  # older than the digest index's "racy" window
+            os.utime(image, (time.time() - 60, time.time() - 60))
         torch.manual_seed(0)
         weights = tmp / "w.safetensors"
         trunk = create_backbone(NAME, "random").trunk
