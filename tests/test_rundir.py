@@ -20,10 +20,11 @@ import pytest
 
 from graftwork.errors import ConfigError, GraftError, ModelFileError, RunDirError
 from graftwork.rundir.files import (CHECKPOINTS_DIR, CONFIG_FILE, FORMAT_VERSION, LOCK_FILE,
-                                    MODEL_FILE, PLOTS_DIR, RUN_FILES, atomic_file, csv_safe,
-                                    read_csv, read_json, read_metrics, write_csv, write_json)
+                                    MODEL_FILE, PLOTS_DIR, RUN_FILES, STAGING_DIR, atomic_file,
+                                    csv_safe, read_csv, read_json, read_metrics, write_csv, write_json)
 from graftwork.errors import RunBusyError, RunConfigError, RunExistsError, RunModifiedError
 from graftwork.rundir.outdir import RunLock, prepare_out
+from graftwork.rundir.staging import commit
 from graftwork.rundir.config import (check_integrity, config_digest, load_config, seal,
                                      validate_config, write_config)
 from tests.conftest import REPO, train_tiny_run
@@ -222,7 +223,9 @@ def test_each_changed_file_is_named(tmp_path: Path) -> None:
     with pytest.raises(RunModifiedError, match="model.safetensors"):
         check_integrity(run, read_json(run / CONFIG_FILE))
     cfg.pop("integrity")
-    check_integrity(run, cfg)  # an old run without a seal
+    with pytest.raises(RunModifiedError, match="lost its integrity seal"):
+        check_integrity(run, cfg)  # format 2 always has one: not trusted without it
+    check_integrity(run, {**cfg, "graftwork_format": 1})  # an old run without a seal
     with pytest.raises(RunModifiedError):
         check_integrity(run, {**cfg, "integrity": "garbage"})
 
@@ -236,18 +239,18 @@ def test_write_config_needs_the_model_first(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- files
 def test_csv_formula_injection_is_neutralised(tmp_path: Path) -> None:
     assert csv_safe("=1+1") == "'=1+1" and csv_safe("@SUM(A1)") == "'@SUM(A1)"
-    assert csv_safe("-x") == "'-x" and csv_safe("+x") == "'+x"
+    assert csv_safe("-x+1") == "'-x+1" and csv_safe("+x(") == "'+x("
     assert csv_safe("\tx") == "'\tx" and csv_safe("\rx") == "'\rx"
     assert csv_safe(-0.5) == -0.5 and csv_safe(-3) == -3 and csv_safe("cat") == "cat"
     assert csv_safe("") == "" and csv_safe(None) is None
     path = tmp_path / "p.csv"
     write_csv(path, ("path", "=label", "prob"),
-              [{"path": "=HYPERLINK(\"http://x\")", "=label": "-cmd", "prob": -0.5},
+              [{"path": "=HYPERLINK(\"http://x\")", "=label": "-cmd|x", "prob": -0.5},
                {"path": "ok.png", "=label": None, "prob": 1e-9, "extra": "ignored"}, {}])
     with open(path, newline="", encoding="utf-8") as fh:
         raw = list(csv.reader(fh))
     assert raw[0] == ["path", "'=label", "prob"]
-    assert raw[1] == ["'=HYPERLINK(\"http://x\")", "'-cmd", "-0.5"]
+    assert raw[1] == ["'=HYPERLINK(\"http://x\")", "'-cmd|x", "-0.5"]
     assert raw[2] == ["ok.png", "", "1e-09"] and raw[3] == ["", "", ""]
     assert read_csv(path)[1]["path"] == "ok.png"
 
@@ -472,8 +475,17 @@ def test_overwrite_removes_only_graftwork_files(tmp_path: Path) -> None:
     (run / "notes.txt").write_text("mine")
     (run / "mine").mkdir()
     (run / ".hidden.tmp").write_text("mine too")
-    prepare_out(run, overwrite=True, resume=False)
-    assert sorted(p.name for p in run.iterdir()) == [".hidden.tmp", "mine", "notes.txt"]
+    old = {p.name for p in run.iterdir()} - {f".{MODEL_FILE}.123.abcd.tmp"}
+    staging = prepare_out(run, overwrite=True, resume=False)
+    assert staging == run / STAGING_DIR and list(staging.iterdir()) == []
+    assert {p.name for p in run.iterdir()} == old | {STAGING_DIR}  # kept until the new is done
+    fake_run(staging, {"classes": ["new", "one"]})
+    commit(run, staging)
+    assert sorted(p.name for p in run.iterdir()) == sorted([".hidden.tmp", CONFIG_FILE,
+                                                            MODEL_FILE, "mine", "notes.txt"])
+    cfg = read_json(run / CONFIG_FILE)
+    assert cfg["classes"] == ["new", "one"]
+    check_integrity(run, cfg)  # the seal holds after the swap
 
 
 def test_interrupted_run_can_resume(tmp_path: Path) -> None:

@@ -9,10 +9,14 @@ defaults, help, and choices read from the registries (``--strategy`` from the ph
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
 import json
+import shutil
+import signal
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +125,6 @@ def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: boo
           class_weights_text: str | None, phase_option: tuple[str, ...],
           **params: Any) -> None:
     """Train a classifier on DATA (DATA/train|val|test/<class>/ or DATA/<class>/)."""
-    import contextlib
-
     from graftwork import rundir
     from graftwork.training.callbacks import create_loggers
     from graftwork.estimator.classifier import ImageClassifier
@@ -143,24 +145,76 @@ def train(data: Path, out: Path, overwrite: bool, unfreeze: str, no_augment: boo
     from graftwork.estimator.validate import validate_params
 
     validate_params(clf.get_params(deep=False))  # before touching --out
-    with rundir.RunLock(out) if main_rank else contextlib.nullcontext():
+    if main_rank:
+        from graftwork.features.cache import cache_root
+
+        rundir.check_out_place(out, data, cache_root(params.get("cache_dir")))
+    with rundir.RunLock(out) if main_rank else contextlib.nullcontext(), _sigterm_interrupts():
         if main_rank:
-            rundir.prepare_out(out, overwrite=overwrite, resume=resume)
+            target = rundir.prepare_out(out, overwrite=overwrite, resume=resume)
+        else:
+            target = out / rundir.STAGING_DIR if overwrite else out
         try:
-            clf.fit(data, checkpoint_dir=out / rundir.CHECKPOINTS_DIR
+            clf.fit(data, checkpoint_dir=target / rundir.CHECKPOINTS_DIR
                     if main_rank or resume else None, resume=resume,
-                    callbacks=create_loggers(loggers, out) if main_rank else [])
-        except KeyboardInterrupt:
-            click.echo(f"Interrupted. The last finished epoch is saved in "
-                       f"{out / rundir.CHECKPOINTS_DIR}; run the same command with --resume to "
-                       "continue.", err=True)
-            sys.exit(130)
+                    callbacks=create_loggers(loggers, target) if main_rank else [])
+        except KeyboardInterrupt as exc:
+            click.echo(_interrupted(exc, out, target), err=True)
+            sys.exit(143 if isinstance(exc, Terminated) else 130)
+        except BaseException:
+            if main_rank and target != out and not any(target.rglob("*.pt")):
+                shutil.rmtree(target, ignore_errors=True)  # nothing to resume: the old run stays
+            raise
         if not main_rank:
             return
-        clf.save(out)
+        clf.save(target)
+        if target != out:
+            rundir.commit(out, target)  # the complete new run replaces the old one
         if report:
             build_report_quietly(out)
     click.echo(final_summary(clf, out))
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C: the same clean-up, the same message."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While training, SIGTERM (``kill``, a scheduler's stop, ``docker stop``) ends the run as
+    Ctrl-C does: the last finished epoch stays in the checkpoints, resumable."""
+    def terminate(signum: int, frame: Any) -> None:
+        raise Terminated()
+
+    try:
+        previous = signal.signal(signal.SIGTERM, terminate)
+    except ValueError:  # not the main thread: leave the signal as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupted(exc: BaseException, out: Path, target: Path) -> str:
+    """What an interrupted (Ctrl-C) or terminated (SIGTERM) training says: where the last
+    finished epoch is and how to continue."""
+    from graftwork import rundir
+
+    what = "Terminated (SIGTERM)." if isinstance(exc, Terminated) else "Interrupted."
+    checkpoints = target / rundir.CHECKPOINTS_DIR
+    if not any(checkpoints.glob("*.pt")):
+        if target != out:
+            shutil.rmtree(target, ignore_errors=True)
+            return f"{what} No epoch had finished; {out} still holds the previous run, unchanged."
+        return f"{what} No epoch had finished: run the same command to start again."
+    if target == out:
+        return (f"{what} The last finished epoch is saved in {checkpoints}; run the same command "
+                "with --resume to continue.")
+    return (f"{what} {out} still holds the previous run, unchanged. The new run's last finished "
+            f"epoch is saved in {checkpoints}; run the same command with --resume added to "
+            "continue it (it replaces the previous run once it is complete).")
 
 
 def class_weights_value(text: str | None) -> str | dict[str, float] | None:

@@ -25,7 +25,8 @@ log = logging.getLogger("graftwork")
 
 
 def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn library errors into ``Error: message`` + ``Fix: ...`` and exit code 2."""
+    """Turn library errors, and file-system errors (a read-only or full disk, a permission),
+    into ``Error: message`` + ``Fix: ...`` and exit code 2."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,6 +39,12 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             sys.exit(130)
+        except OSError as exc:  # a read-only or full disk, a permission, a vanished file
+            where = f" on {str(exc.filename)!r}" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror or exc}{where}", err=True)
+            click.echo("Fix: check that the path exists and that it can be read and written "
+                       "(permissions, free space, a read-only file system)", err=True)
+            sys.exit(2)
 
     return wrapper
 

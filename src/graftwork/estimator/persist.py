@@ -7,13 +7,17 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import secrets
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save_file
 from torch import nn
 
 from graftwork import rundir
@@ -89,9 +93,27 @@ def run_summary_text(session: Session) -> str:
 
 def save_run(clf: ParamsMixin, run_dir: str | Path) -> Path:
     """Write the model (atomically), then its sealed config, metrics, history, predictions and
-    skipped files; files of an earlier save that this run does not write are removed."""
+    skipped files; files of an earlier save that this run does not write are removed. Over a
+    saved run, the new files are written beside it and swapped in once all are written
+    (:func:`graftwork.rundir.commit`): a reader sees the old run or the new one."""
     out = Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not (out / rundir.MODEL_FILE).exists() and not (out / rundir.CONFIG_FILE).exists():
+        _write_run(clf, out)
+    else:
+        staging = out / f"{rundir.STAGING_DIR}-save-{os.getpid()}-{secrets.token_hex(4)}"
+        staging.mkdir()
+        try:
+            _write_run(clf, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        rundir.commit(out, staging, remove=(rundir.PREDICTIONS_FILE, rundir.SKIPPED_FILE))
+    log.info("saved run to %s", out)
+    return out
+
+
+def _write_run(clf: ParamsMixin, out: Path) -> None:
     session: Session = clf.session_
     state = {k: v.contiguous() for k, v in session.state_dict().items()}
     with rundir.atomic_file(out / rundir.MODEL_FILE) as tmp:
@@ -114,8 +136,6 @@ def save_run(clf: ParamsMixin, run_dir: str | Path) -> Path:
         rundir.atomic_write_text(out / rundir.SUMMARY_FILE, clf.summary() + "\n")
     except Exception as exc:  # a summary problem must not lose a trained model
         log.warning("summary not written: %s", exc)
-    log.info("saved run to %s", out)
-    return out
 
 
 def save_metrics(run_dir: str | Path, metrics: dict[str, Any]) -> None:
@@ -175,7 +195,7 @@ def load_run(cls: type[C], run_dir: str | Path) -> C:
     """Rebuild a saved classifier from ``run_dir``: config validated (format, fields, known
     parameters) and checked against its seal; no pickled code is executed."""
     run = Path(run_dir)
-    cfg = rundir.load_config(run, known_params=cls._param_names())
+    cfg, model_bytes = rundir.load_sealed(run, known_params=cls._param_names())
     params = {k: v for k, v in cfg["hyperparameters"].items() if k != "phases"}
     aug = params.pop("augment", None)
     try:
@@ -193,8 +213,8 @@ def load_run(cls: type[C], run_dir: str | Path) -> C:
                                     "restore the run, or retrain it") from exc
     model = GraftModel(backbone, head, cfg["bn_policy"]["train_bn"])
     try:
-        model.load_state_dict(load_file(str(run / rundir.MODEL_FILE)))
-    except (SafetensorError, RuntimeError, OSError) as exc:
+        model.load_state_dict(load_bytes(model_bytes))  # the bytes the seal was checked on
+    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
         raise ModelFileError(f"{str(run / rundir.MODEL_FILE)!r} is corrupt or does not match "
                              f"config.json: {str(exc).splitlines()[0][:200]}",
                              "re-train, or restore the run directory") from exc

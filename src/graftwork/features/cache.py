@@ -74,12 +74,16 @@ class FeatureCache:
             with safe_open(str(path), "pt") as fh:
                 meta = fh.metadata() or {}
             feats, digests = tensors["features"], tensors["digests"]
-            if meta.get("checksum") != _checksum(feats, digests) or feats.shape[1] != self.dim:
+            if (feats.dim() != 2 or digests.dim() != 2 or digests.shape[1] != 32
+                    or digests.dtype != torch.uint8 or len(feats) != len(digests)
+                    or feats.shape[1] != self.dim):
+                raise ValueError("not the shapes graftwork writes")
+            if meta.get("checksum") != _checksum(feats, digests):
                 raise ValueError("checksum mismatch")
             return feats, digests
         except FileNotFoundError:  # another process replaced it meanwhile
             return None
-        except (SafetensorError, ValueError, KeyError, OSError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001  a cache entry: whatever is wrong, rebuild it
             log.warning("feature cache shard %s is corrupt (%s): deleting it, will re-extract",
                         path.name, exc)
             try:

@@ -97,11 +97,14 @@ class PreparedBackbone:
         made, and the network built, only the first time)."""
         path = _summary_path(self.path, image_size)
         try:
-            return path.read_text(encoding="utf-8")
-        except OSError:
-            text = backbone_table(self.module(), image_size)
-            _write_text(path, text)
-            return text
+            text = path.read_text(encoding="utf-8")
+            if text.strip():
+                return text
+        except (OSError, UnicodeDecodeError):  # missing or damaged: made again
+            pass
+        text = backbone_table(self.module(), image_size)
+        _write_text(path, text)
+        return text
 
     def module(self) -> Backbone:
         """The network with these weights, frozen (built once)."""
@@ -141,13 +144,20 @@ def load_prepared(root: str | Path, name: str, weights: str | None) -> PreparedB
                                    tuple(v) if isinstance(v, list) else v)
                                for k, v in meta["spec"].items()})
         info = WeightsInfo.from_dict(meta["weights"])
+        counts, feature_dim = meta["counts"], meta["feature_dim"]
+        if (not isinstance(counts, dict) or not all(isinstance(v, int) for v in counts.values())
+                or not isinstance(feature_dim, int) or feature_dim < 1 or spec.name != name):
+            raise ValueError("its facts are not what graftwork writes")
         trunk = load_file(str(path))
         if _weights.state_digest(trunk) != info.digest:  # ~10 ms per 10 MB
             raise ValueError("weights do not match their digest")
-        return PreparedBackbone(path, spec, info, int(meta["feature_dim"]), meta["counts"], trunk)
-    except (SafetensorError, OSError, KeyError, TypeError, ValueError) as exc:
+        return PreparedBackbone(path, spec, info, feature_dim, counts, trunk)
+    except Exception as exc:  # noqa: BLE001  a cache entry: whatever is wrong, rebuild it
         log.warning("prepared backbone %s is unreadable (%s): deleting it", path.name, exc)
-        path.unlink(missing_ok=True)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:  # a read-only cache: the record stays, and is not used
+            pass
         return None
 
 

@@ -5,17 +5,20 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import time
 from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
-from graftwork.errors import ConfigError, RunConfigError, RunDirError, RunModifiedError
+from graftwork.errors import (ConfigError, RunBusyError, RunConfigError, RunDirError,
+                              RunModifiedError)
 from graftwork.params import PARAMS, check_choices, check_params
 from graftwork.rundir.files import (CONFIG_FILE, FORMAT_VERSION, MODEL_FILE, _clean, read_json,
                                     write_json)
+from graftwork.rundir.staging import live_writer, swapping
 
-__all__ = ["validate_config", "load_config", "config_digest", "file_sha256", "seal",
-           "check_integrity", "write_config"]
+__all__ = ["validate_config", "load_config", "load_sealed", "config_digest", "file_sha256",
+           "seal", "check_integrity", "write_config"]
 
 _RESTORE = "restore the run directory, or re-train (graft train ... --overwrite)"
 
@@ -116,7 +119,37 @@ def validate_config(cfg: Any, path: str | Path, known_params: Collection[str] | 
 
 def load_config(run_dir: str | Path, known_params: Collection[str] | None = None) -> dict[str, Any]:
     """config.json of a saved run, validated and checked against its integrity seal."""
+    return load_sealed(run_dir, known_params, model=False)[0]
+
+
+def load_sealed(run_dir: str | Path, known_params: Collection[str] | None = None, *,
+                model: bool = True, wait_s: float = 10.0) -> tuple[dict[str, Any], bytes]:
+    """config.json of a saved run, validated, and (``model``) the bytes of its model file, both
+    checked against the seal: the model loaded is the one the config describes, even if the
+    run is replaced meanwhile. While a new run is swapped in (``graft train --overwrite``), waits
+    up to ``wait_s`` for the swap to end; then names the writing process (``RunBusyError``)."""
     run = Path(run_dir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _read_sealed(run, known_params, model)
+        except RunDirError as exc:
+            if not swapping(run):
+                raise
+            writer = live_writer(run)
+            if writer is None or time.monotonic() > deadline:
+                if writer is None:
+                    raise RunModifiedError(
+                        f"{str(run)!r} was left half-replaced by an interrupted `graft train "
+                        f"--overwrite`", "run `graft train` with this --out once more (it "
+                        "finishes the replacement first), or restore the run directory") from exc
+                raise RunBusyError(f"{str(run)!r} is being replaced by {writer}",
+                                   "wait a moment and try again") from exc
+            time.sleep(0.05)
+
+
+def _read_sealed(run: Path, known_params: Collection[str] | None,
+                 model: bool) -> tuple[dict[str, Any], bytes]:
     if not (run / CONFIG_FILE).is_file() or not (run / MODEL_FILE).is_file():
         raise RunDirError(f"{str(run)!r} is not a run directory with a saved model",
                           "pass a folder written by `graft train --out`")
@@ -125,8 +158,15 @@ def load_config(run_dir: str | Path, known_params: Collection[str] | None = None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise RunConfigError(f"{str(run / CONFIG_FILE)!r} is corrupt: {exc}", _RESTORE) from exc
     validate_config(cfg, run / CONFIG_FILE, known_params, choices=True)
-    check_integrity(run, cfg)
-    return cfg
+    data = b""
+    if model:
+        try:
+            data = (run / MODEL_FILE).read_bytes()
+        except OSError as exc:
+            raise RunDirError(f"cannot read {str(run / MODEL_FILE)!r}: {exc.strerror or exc}",
+                              "check the file's permissions, or restore the run") from exc
+    check_integrity(run, cfg, hashlib.sha256(data).hexdigest() if model else None)
+    return cfg, data
 
 
 # ---------------------------------------------------------------------- integrity
@@ -152,19 +192,28 @@ def seal(run_dir: str | Path) -> dict[str, str]:
             "config": config_digest(read_json(run / CONFIG_FILE))}
 
 
-def check_integrity(run_dir: str | Path, cfg: dict[str, Any]) -> None:
+def check_integrity(run_dir: str | Path, cfg: dict[str, Any], model_sha: str | None = None
+                    ) -> None:
     """Raise ``RunModifiedError`` when ``cfg`` carries an integrity section that the run's files
-    no longer match; runs without one (format 1) pass."""
+    no longer match, or none while its format (2 on) always has one; format 1 runs pass.
+    ``model_sha``: the model file's digest when it was read already (else it is read)."""
     sealed = cfg.get("integrity")
-    if sealed is None:
-        return
     run = Path(run_dir)
+    if sealed is None:
+        fmt = cfg.get("graftwork_format", 1)
+        if _is_int(fmt) and fmt >= 2:
+            raise RunModifiedError(f"{str(run / CONFIG_FILE)!r} has lost its integrity seal "
+                                   f"(format {fmt} always has one): it was edited after the run "
+                                   "was saved", _RESTORE)
+        return
     sealed = sealed if isinstance(sealed, dict) else {}
     changed = []
     if sealed.get("config") != config_digest(cfg):
         changed.append(CONFIG_FILE)
     model = run / MODEL_FILE
-    if not model.is_file() or sealed.get(MODEL_FILE) != file_sha256(model):
+    if model_sha is None and model.is_file():
+        model_sha = file_sha256(model)
+    if model_sha is None or sealed.get(MODEL_FILE) != model_sha:
         changed.append(MODEL_FILE)
     if changed == [MODEL_FILE]:
         raise RunModifiedError(f"{str(model)!r} is corrupt or does not match config.json: it "

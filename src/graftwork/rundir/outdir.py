@@ -1,7 +1,8 @@
 """The writer's side of a run directory: ``RunLock`` (one writing process at a time: a
-``filelock.FileLock``, free again when its process dies) and ``prepare_out`` (the ``graft train
---out`` policy: never mix a finished run with a new one unless ``--overwrite``, which removes
-graftwork's files only).
+``filelock.FileLock``, free again when its process dies), ``prepare_out`` (the ``graft train
+--out`` policy: never mix a finished run with a new one unless ``--overwrite``, which builds the
+new run beside the old one and replaces graftwork's files only once it is complete:
+:mod:`graftwork.rundir.staging`) and ``check_out_place`` (``--out`` never inside DATA).
 
 Torch-free, like :mod:`graftwork.rundir` (which re-exports both names).
 """
@@ -11,19 +12,20 @@ import datetime as dt
 import json
 import logging
 import os
-import shutil
 import socket
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
 from graftwork.errors import ConfigError, RunDirError
-from graftwork.rundir.files import (CONFIG_FILE, LOCK_FILE, METRICS_FILE, MODEL_FILE, RUN_FILES,
-                                    read_json, read_metrics)
+from graftwork.rundir.files import (CHECKPOINTS_DIR, CONFIG_FILE, LOCK_FILE, METRICS_FILE,
+                                    MODEL_FILE, PLOTS_DIR, STAGED_MARK, STAGING_DIR, read_json,
+                                    read_metrics, remove_stale_temps)
 from graftwork.errors import RunBusyError, RunExistsError
 from graftwork.rundir.config import _is_num
+from graftwork.rundir.staging import finish, lock_owner, remove_entry, staging_dirs
 
-__all__ = ["RunLock", "prepare_out"]
+__all__ = ["RunLock", "prepare_out", "check_out_place"]
 
 log = logging.getLogger("graftwork.rundir")
 
@@ -42,15 +44,6 @@ def _ensure_dir(run: Path) -> None:
     if not os.access(run, os.W_OK | os.X_OK):
         raise RunDirError(f"cannot write to run folder {str(run)!r}",
                           "choose an --out in a folder you can write to, or fix its permissions")
-
-
-def _owner(record: bytes) -> tuple[int, str, str] | None:
-    """(pid, host, started) of a lock record, or None if it is not one."""
-    try:
-        owner = json.loads(record)
-        return int(owner["pid"]), str(owner["host"]), str(owner.get("started", "?"))
-    except (ValueError, TypeError, KeyError, UnicodeDecodeError):
-        return None
 
 
 class RunLock:
@@ -99,7 +92,7 @@ class RunLock:
             self._content = None
             raise self._busy() from None
         if left_over or self._previous:  # left by a process that ended while holding it
-            left = _owner(self._previous)
+            left = lock_owner(self._previous)
             where = "" if left is None or left[1] == socket.gethostname() else f" on {left[1]}"
             log.warning("replaced stale lock %s (%s)", self.path,
                         "unreadable" if left is None else f"process {left[0]}{where} is gone")
@@ -107,7 +100,7 @@ class RunLock:
     def _busy(self) -> RunBusyError:
         """The error for a lock another process holds, naming it when its record says."""
         try:
-            owner = _owner(self.path.read_bytes())
+            owner = lock_owner(self.path.read_bytes())
         except OSError:  # Windows: the holder's locked byte cannot be read
             owner = None
         if owner is None:  # not written yet, or unreadable
@@ -151,35 +144,85 @@ def _describe_run(run: Path) -> str:
     return ", ".join(str(p) for p in parts if p)
 
 
-def _remove_run_files(run: Path) -> None:
-    for name in RUN_FILES:
-        target = run / name
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
-        elif target.exists() or target.is_symlink():
-            target.unlink()
-    for leftover in run.glob(".*.tmp"):  # temporary files of an interrupted atomic write
-        if any(leftover.name.startswith(f".{name}.") for name in RUN_FILES):
-            leftover.unlink(missing_ok=True)
+def _tidy(run: Path) -> None:
+    """What killed writers left in ``run`` (called holding its lock): a swap cut short is
+    finished, temporary files of interrupted writes are removed."""
+    for staging in staging_dirs(run):
+        if (staging / STAGED_MARK).is_file():
+            log.warning("finishing the replacement of %s that an interrupted run left half-done",
+                        run)
+            finish(run, staging)
+    for folder in (run, run / CHECKPOINTS_DIR, run / PLOTS_DIR,
+                   run / STAGING_DIR / CHECKPOINTS_DIR):
+        for name in remove_stale_temps(folder):
+            log.info("removed %s, left by an interrupted write", folder / name)
 
 
-def prepare_out(run_dir: str | Path, *, overwrite: bool, resume: bool) -> None:
-    """Make ``run_dir`` ready for ``graft train --out``: create it, refuse to mix a finished run
-    with a new one unless ``overwrite`` (which removes only graftwork's files, never others).
-    Call it while holding ``RunLock(run_dir)``."""
+def _drop_staging(run: Path, keep: Path | None = None) -> None:
+    """Remove the unfinished new runs that interrupted ``--overwrite`` runs left (not ``keep``)."""
+    for staging in staging_dirs(run):
+        if staging != keep:
+            log.warning("removing %s: an unfinished new run an interrupted run left", staging)
+            remove_entry(staging)
+
+
+def prepare_out(run_dir: str | Path, *, overwrite: bool, resume: bool) -> Path:
+    """Make ``run_dir`` ready for ``graft train --out`` and return the folder to train into.
+
+    Refuses to mix a finished run with a new one unless ``overwrite``: then the new run is
+    built in ``run_dir/.graft-new`` (returned) and swapped in by
+    :func:`graftwork.rundir.staging.commit` once complete, so the old run is kept until then
+    (files that are not graftwork's are never touched). ``overwrite`` with ``resume`` continues
+    such a replacement that was interrupted. Call it while holding ``RunLock(run_dir)``."""
     run = Path(run_dir)
-    if overwrite and resume:
-        raise ConfigError("--overwrite and --resume cannot be combined",
+    _ensure_dir(run)
+    _tidy(run)
+    staging = run / STAGING_DIR
+    interrupted = (staging / CHECKPOINTS_DIR).is_dir()
+    if overwrite and resume and not interrupted:
+        raise ConfigError(f"--overwrite and --resume cannot be combined here: {str(run)!r} holds "
+                          "no interrupted --overwrite to resume",
                           "use --resume to continue an interrupted run, or --overwrite to "
                           "start again")
-    _ensure_dir(run)
     finished = (run / MODEL_FILE).is_file() and (run / CONFIG_FILE).is_file()
     if finished and not overwrite:
         what = f"{str(run)!r} already holds a finished run ({_describe_run(run)})"
         if resume:
-            raise RunExistsError(f"{what}: there is nothing to resume",
-                                 "pass --overwrite to train it again from scratch, or choose "
-                                 "another --out")
+            fix = ("pass --overwrite --resume to continue replacing it (an --overwrite was "
+                   "interrupted)" if interrupted else "pass --overwrite to train it again from "
+                   "scratch, or choose another --out")
+            raise RunExistsError(f"{what}: there is nothing to resume", fix)
         raise RunExistsError(what, "choose another --out, or pass --overwrite to replace it")
-    if overwrite:
-        _remove_run_files(run)
+    if not overwrite:
+        _drop_staging(run)
+        return run
+    if resume:
+        _drop_staging(run, keep=staging)
+        for entry in staging.iterdir():
+            if entry.name != CHECKPOINTS_DIR:
+                remove_entry(entry)
+        return staging
+    _drop_staging(run)
+    staging.mkdir()
+    return staging
+
+
+def check_out_place(out: str | Path, data: str | Path, cache_dir: str | Path | None = None
+                    ) -> None:
+    """Refuse an ``--out`` (or a cache folder) inside DATA before anything is created: it would
+    be found as a class of DATA, and DATA is never modified."""
+    try:
+        root = Path(data).resolve()
+    except (OSError, RuntimeError):
+        return
+    for flag, path in (("--out", out), ("--cache-dir", cache_dir)):
+        if path is None:
+            continue
+        try:
+            where = Path(path).resolve()
+        except (OSError, RuntimeError):
+            continue
+        if where == root or root in where.parents:
+            raise ConfigError(f"{flag} {str(path)!r} is inside DATA {str(data)!r}: graftwork "
+                              "would write into your data (and find it as a class)",
+                              f"choose a {flag} outside {str(data)!r}")
