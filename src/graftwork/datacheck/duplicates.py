@@ -62,18 +62,26 @@ def _exact(keys: Sequence[bytes], uf: _Union) -> None:
             uf.union(group[0], member)
 
 
+def _best_two(node: np.ndarray, sim: np.ndarray, m: int) -> np.ndarray:
+    """(m, 2): the best and second best similarity each node has in (node, sim) pairs (-2 where
+    it has fewer), without a Python loop over the pairs."""
+    order = np.lexsort((-sim, node))
+    node, sim = node[order], sim[order]
+    first = np.r_[True, node[1:] != node[:-1]]
+    rank = np.arange(len(node)) - np.maximum.accumulate(np.where(first, np.arange(len(node)), 0))
+    best = np.full((m, 2), -2.0)
+    for r in (0, 1):
+        best[node[rank == r], r] = sim[rank == r]
+    return best
+
+
 def _pair_scores(signals: list[np.ndarray], pairs: np.ndarray, m: int) -> np.ndarray:
     """How much closer each candidate pair is than either image's next neighbour."""
     a, b = pairs[:, 0], pairs[:, 1]
     score = np.zeros(len(pairs))
     for z in signals:
         sim = np.einsum("ij,ij->i", z[a], z[b])
-        best = np.full((m, 2), -2.0)  # best and second best similarity of each image
-        for u, s in zip(np.r_[a, b], np.r_[sim, sim]):
-            if s > best[u, 0]:
-                best[u, 1], best[u, 0] = best[u, 0], s
-            elif s > best[u, 1]:
-                best[u, 1] = s
+        best = _best_two(np.r_[a, b], np.r_[sim, sim], m)  # each image's two best
 
         def other(u: np.ndarray, s: np.ndarray) -> np.ndarray:
             return np.where(s >= best[u, 0] - 1e-7, best[u, 1], best[u, 0])

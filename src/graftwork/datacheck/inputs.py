@@ -87,12 +87,11 @@ def knn(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         dist, ind = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
         sim = 1 - dist ** 2 / 2
     rows = np.arange(len(z))[:, None]
-    keep = ind != rows  # each row itself (not always first when copies tie)
-    out_i = np.empty((len(z), k), np.int64)
-    out_s = np.empty((len(z), k), np.float32)
-    for r in range(len(z)):
-        out_i[r] = ind[r][keep[r]][:k]
-        out_s[r] = sim[r][keep[r]][:k]
+    # each row itself is dropped (not always first when copies tie): a stable sort moves the
+    # other rows' columns to the front, in their order
+    order = np.argsort(ind == rows, axis=1, kind="stable")[:, :k]
+    out_i = np.take_along_axis(ind, order, axis=1).astype(np.int64)
+    out_s = np.take_along_axis(sim, order, axis=1).astype(np.float32)
     return out_s, out_i
 
 
