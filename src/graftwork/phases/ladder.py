@@ -121,7 +121,7 @@ def climb(phases: Sequence[Phase], ctx: PhaseContext, *, sequence: bool,
             continue
         start = ctx.previous
         if sequence and best is not None and best.phase != ctx.previous:
-            log.info("%s starts from %s (%s did not improve validation accuracy)", phase.name,
+            log.info("%s starts from %s (%s was not kept)", phase.name,
                      best.phase, ctx.previous)
             _restore(ctx, best)
             start = best.phase
