@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import quality_data as qd
-from quality_report import BASELINE, dataset_table, rows_of, summary_table, targets_table
+from quality_report import (BASELINE, dataset_table, keep_table, rows_of, summary_table,
+                            targets_table)
 
 BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / "data" / "quality-cache"
@@ -162,6 +163,10 @@ def run_fit(folder: Path, cfg: dict[str, Any], seed: int, image_size: int,
               for p in m.get("phases", [])]
     return {**out, "status": "ok", "val": m["val"].get("accuracy"),
             "test": m.get("test", {}).get("accuracy"),
+            "val_ci": m["val"].get("accuracy_ci"), "test_ci": m.get("test", {}).get("accuracy_ci"),
+            "test_n": m.get("test", {}).get("n"),
+            "keep": [{k: d.get(k) for k in ("phase", "kept", "wins", "losses", "n", "p_value")}
+                     for d in (m.get("keep") or {}).get("decisions", [])],
             "seconds": round(time.perf_counter() - t0, 2),
             "cpu_s": round(cpu_seconds() - c0, 2),
             "phases": phases, "best_phase": getattr(clf, "best_phase_", None),
@@ -295,6 +300,10 @@ def write(args: argparse.Namespace, fits: list[dict[str, Any]], info: dict[str, 
           "## Method", "", *method(args, info, fits)]
     for ds, rows in all_rows.items():
         md += ["", f"## {ds}", "", *dataset_table(rows)]
+        keep = keep_table([f for f in fits if f["dataset"] == ds])
+        if keep:
+            md += ["", "Kept model vs extraction (the ladder's pick against its own extraction "
+                   "rung, same seed and test images):", "", *keep]
     if all_rows:
         md += ["", "## Targets", "",
                "The issue's targets on the ladder's rungs (mean test accuracy over seeds, %). "

@@ -192,3 +192,52 @@ def targets_table(all_rows: dict[str, dict[str, dict[str, Any]]],
                 goal_line += (f" Best fine-tuning option: `{name}` {tuned[name]:.1f}% "
                               f"({'met' if tuned[name] >= goal else 'not met'}).")
     return out + ([ "", goal_line] if goal_line else [])
+
+
+def _keep_stats(diffs: list[float], one_image: list[float]) -> str:
+    """Cells: wins/ties/losses, mean ± std (pp), runs worse, runs worse by > one image."""
+    wins = sum(d > 1e-9 for d in diffs)
+    losses = sum(d < -1e-9 for d in diffs)
+    worse_img = sum(d < -u - 1e-9 for d, u in zip(diffs, one_image))
+    return (f"{wins}/{len(diffs) - wins - losses}/{losses} | {_mean_std(diffs)} | "
+            f"{losses}/{len(diffs)} | {worse_img}/{len(diffs)}")
+
+
+def keep_table(fits: list[dict[str, Any]]) -> list[str]:
+    """The ladder's kept model against its own extraction rung (same fit, same test images):
+    wins/ties/losses over seeds, mean ± std of the test difference, the runs where the kept
+    model is worse (and worse by more than one test image), and the mean width of the 95%
+    intervals of the test and validation accuracies. The row "highest validation rung" is the
+    rule before issue 30 (keep the rung with the best validation accuracy) applied to the same
+    rungs: an approximation, as under that rule a later rung may have warm-started elsewhere."""
+    ladder = [f for f in fits if f["config"] == "ladder" and f["status"] == "ok"
+              and f.get("phases") and "keep" in f]  # (fits of the rule before: no record)
+    if not ladder:
+        return []
+    kept, old, one, widths, vwidths, picks = [], [], [], [], [], []
+    for f in ladder:
+        rungs = {p["phase"]: p for p in f["phases"]}
+        ex = rungs.get("extract", {}).get("test_accuracy")
+        if ex is None or f.get("test") is None:
+            continue
+        n = f.get("test_n") or 0
+        one.append(1.0 / n if n else 0.0)
+        kept.append(f["test"] - ex)
+        best = max(f["phases"], key=lambda p: (p["best_val_accuracy"] or -1,))
+        old.append(best["test_accuracy"] - ex)
+        picks.append(f.get("best_phase") or "?")
+        if f.get("test_ci"):
+            widths.append(f["test_ci"][1] - f["test_ci"][0])
+        if f.get("val_ci"):
+            vwidths.append(f["val_ci"][1] - f["val_ci"][0])
+    if not kept:
+        return []
+    counts = ", ".join(f"{k} {picks.count(k)}" for k in dict.fromkeys(picks))
+    return ["| ladder's model vs its extraction rung (test) | wins/ties/losses | Δ pp, mean ± std "
+            "| runs worse | runs worse by > 1 test image |",
+            "|---|---|---|---|---|",
+            f"| kept model (this rule: McNemar p < 0.05 on validation) | "
+            f"{_keep_stats(kept, one)} |",
+            f"| highest validation rung (the rule before; approximate) | {_keep_stats(old, one)} |",
+            "", f"Kept rung: {counts}. Mean width of the 95% intervals: test "
+            f"{_mean_std(widths)} pp, validation {_mean_std(vwidths)} pp."]

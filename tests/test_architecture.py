@@ -216,7 +216,13 @@ def test_head_auto_chooses_on_validation_and_saves_the_choice(tiny_data: Path, c
     clf = ImageClassifier(**TINY, head="auto", epochs=5, cache_dir=cache_dir).fit(tiny_data)
     spec = clf.head_
     assert spec["chosen_by"] == "validation" and len(spec["candidates"]) == len(HEAD_CANDIDATES)
-    best = max(c["val_accuracy"] for c in spec["candidates"])
+    chosen = 0  # the first head, replaced only by one significantly better on validation
+    for i, cand in enumerate(spec["candidates"][1:], start=1):
+        assert cand["vs_kept"]["against"] == chosen and cand["vs_kept"]["n"] == 12
+        chosen = i if cand["vs_kept"]["better"] else chosen
+    assert HEAD_CANDIDATES[chosen].as_dict() == {k: spec[k] for k in
+                                                 ("kind", "hidden", "dropout", "weight_decay")}
+    best = spec["candidates"][chosen]["val_accuracy"]
     assert clf.phases_[0]["best_val_accuracy"] == best  # the chosen head, trained again
     assert clf.phase_configs_["extract"].weight_decay == spec["weight_decay"]
     assert clf.phase_options is None  # the choice's settings do not leak into the parameters

@@ -208,6 +208,10 @@ def test_train_writes_a_run(trained: tuple[Path, Path]) -> None:
     assert config["classes"] == ["class_0", "class_1", "class_2"]
     with open(run / "history.csv") as fh:
         assert len(list(csv.DictReader(fh))) == 3
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("val", "test"):  # every accuracy with its n and 95% interval
+        low, high = metrics[split]["accuracy_ci"]
+        assert low <= metrics[split]["accuracy"] <= high and metrics[split]["n"] == 12
 
 
 def test_evaluate_json(trained: tuple[Path, Path]) -> None:
@@ -216,8 +220,11 @@ def test_evaluate_json(trained: tuple[Path, Path]) -> None:
     assert result.exit_code == 0, result.output
     metrics = json.loads(result.stdout)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 12 and metrics["skipped"] == 0
+    low, high = metrics["accuracy_ci"]
+    assert 0.0 <= low <= metrics["accuracy"] <= high <= 1.0 and high - low > 0.2  # 12 images
     text = graft("evaluate", run, data / "test")
     assert text.exit_code == 0 and text.output.startswith("accuracy ")
+    assert f"[{low:.3f}, {high:.3f}]" in text.output
 
 
 @pytest.mark.parametrize("fmt", ["json", "csv", "table"])

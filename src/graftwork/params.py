@@ -201,11 +201,12 @@ PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
           "torchrun; see docs/scaling-out.md).", default=1),
     # choices, from the registries
     _choice("strategy", "graftwork.phases:strategy_names", "extract", "A phase or a sequence "
-            "of phases (ladder: extract, frozen, finetune; the best by validation is kept).",
+            "of phases (ladder: extract, frozen, finetune; a costlier rung is kept only when "
+            "significantly better on the validation images).",
             checked=False),
-    _choice("head", "graftwork.model.heads:HEADS", "mlp", "auto: the best of a few heads on the "
+    _choice("head", "graftwork.model.heads:HEADS", "mlp", "auto: a few heads tried on the "
             "validation split (dense heads and L2-regularised linear probes; cheap on cached "
-            "features)."),
+            "features); another replaces the classic one only when significantly better."),
     _choice("optimizer", "graftwork.training.loop:OPTIMIZERS", None, f"Optimizer {_PER_PHASE}.",
             none=True),
     _choice("schedule", "graftwork.training.loop:SCHEDULES", None, "Default per phase; "

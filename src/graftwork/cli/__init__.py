@@ -234,16 +234,21 @@ def class_weights_value(text: str | None) -> str | dict[str, float] | None:
 
 
 def final_summary(clf: Any, out: Path) -> str:
-    """The one-screen summary printed after training."""
+    """The one-screen summary printed after training: accuracies with their 95% intervals,
+    and for a ladder which rung was kept and why (the paired test on validation)."""
+    from graftwork.report import fmt_acc_ci, format_table
+
     m = clf.metrics_
     lines = [f"backbone {clf.backbone} ({clf.pretrained_weights_.source} weights), "
              f"strategy {clf.strategy}, {len(clf.classes_)} classes, splits {clf.splits_.counts()}"]
     if len(m.get("phases", [])) > 1:
-        from graftwork.report import format_table
-
-        lines.append(format_table(m["phases"], ["phase", "warm_start", "best_val_accuracy",
-                                                "best_epoch", "test_accuracy", "wall_time_s",
-                                                "trainable_params"]))
+        rows = [{**p, "best_val_accuracy": fmt_acc_ci(p.get("best_val_accuracy"),
+                                                 p.get("val_accuracy_ci")),
+                 "test_accuracy": fmt_acc_ci(p.get("test_accuracy"), p.get("test_accuracy_ci")),
+                 "vs_kept": p.get("vs_kept") or "-"} for p in m["phases"]]
+        lines.append(format_table(rows, ["phase", "warm_start", "best_val_accuracy", "vs_kept",
+                                         "best_epoch", "test_accuracy", "wall_time_s",
+                                         "trainable_params"]))
         kept = [p["phase"] for p in m["phases"][1:] if p.get("best_epoch") == 0]
         if kept:
             lines.append(f"{', '.join(kept)}: no epoch beat the starting weights on validation "
@@ -251,11 +256,19 @@ def final_summary(clf: Any, out: Path) -> str:
     lines += [f"warning: {w}" for w in m.get("warnings") or []]
     for phase, why in (m.get("skipped_phases") or {}).items():
         lines.append(f"{phase}: skipped ({why})")
+    keep = m.get("keep") or {}
+    for decision in keep.get("decisions", [])[1:]:
+        lines.append(decision.get("text", ""))
+    if keep.get("kept"):
+        lines.append(f"kept model: {keep['kept']} (a costlier rung is kept only when it is "
+                     "significantly better on the validation images)")
     val, test = m.get("val", {}), m.get("test", {})
-    if val:
-        lines.append(f"val accuracy  {val['accuracy']:.4f}  loss {val['loss']:.4f}")
-    if test:
-        lines.append(f"test accuracy {test['accuracy']:.4f}  loss {test['loss']:.4f}")
+    for name, score in (("val accuracy ", val), ("test accuracy", test)):
+        if score:
+            acc = fmt_acc_ci(score["accuracy"], score.get("accuracy_ci"), score.get("n"))
+            lines.append(f"{name} {acc}  loss {score['loss']:.4f}")
+    if val or test:
+        lines.append("[low, high]: 95% interval (Wilson) of each accuracy on its n images")
     bn = m.get("bn", {})
     if bn.get("recalibrated"):
         lines.append(f"BN recalibrated: val accuracy {bn['val_before'].get('accuracy', 0):.4f}"
@@ -288,8 +301,11 @@ def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None, device:
     if as_json:
         click.echo(json.dumps(result))
     else:
-        click.echo(f"accuracy {result['accuracy']:.4f}  loss {result['loss']:.4f}  "
-                   f"images {result['n']}  skipped {result['skipped']}")
+        from graftwork.report import fmt_acc_ci
+
+        click.echo(f"accuracy {fmt_acc_ci(result['accuracy'], result.get('accuracy_ci'))}  "
+                   f"loss {result['loss']:.4f}  images {result['n']}  skipped "
+                   f"{result['skipped']}  ([low, high]: 95% interval)")
 
 
 @main.command()

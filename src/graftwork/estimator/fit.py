@@ -29,7 +29,7 @@ from graftwork.model import bn as bn_mod
 from graftwork.model.graft import bn_layers
 from graftwork.model.heads import build_head, head_dropout
 from graftwork.phases import SEQUENCES, Phase, PhaseContext
-from graftwork.phases.ladder import climb
+from graftwork.phases.ladder import KEEP_RULE, climb
 from graftwork.training.callbacks import Callback, History, LogLines
 from graftwork.training.devices import Runtime
 from graftwork.training.loop import resolve_class_weights, seed_everything
@@ -89,8 +89,11 @@ def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], 
                     test=lambda: session.score(splits.test) if splits.test else {})
     clf.phases_, clf.trainable_ = climbed.rows, climbed.trainable
     clf.phase_configs_, clf.skipped_phases_ = climbed.configs, climbed.skipped
+    clf.keep_ = {}
     if climbed.kept is not None:
         clf.best_phase_ = climbed.kept.phase
+        clf.keep_ = {"kept": climbed.kept.phase, "rule": KEEP_RULE,
+                     "decisions": [{k: v for k, v in d.items()} for d in climbed.decisions]}
     clf.history_ = history.rows
     clf.head_ = dict(session.head_spec)
     clf.extract_stats_ = session.extract_stats
@@ -206,6 +209,8 @@ def _final_metrics(clf: ParamsMixin, session: Session, splits: Splits,
         metrics["skipped_phases"] = dict(clf.skipped_phases_)
     if clf.warnings_:
         metrics["warnings"] = list(clf.warnings_)
+    if getattr(clf, "keep_", None):
+        metrics["keep"] = clf.keep_  # which rung was kept, and each decision's numbers
     return metrics
 
 

@@ -18,7 +18,8 @@ DEFAULT_DROPOUT = {"mlp": 0.5, "linear": 0.0, "auto": 0.5}
 
 @dataclass(frozen=True)
 class HeadChoice:
-    """One head ``head="auto"`` tries on the cached features (kept if best on validation)."""
+    """One head ``head="auto"`` tries on the cached features (the first is kept unless another
+    is significantly better on validation)."""
 
     kind: str
     hidden: int = 256

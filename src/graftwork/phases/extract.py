@@ -14,6 +14,7 @@ from graftwork.model.heads import HEAD_CANDIDATES, HeadChoice, build_head
 from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan,
                                    feature_batch_size, phase_params, sqrt_scaled_lr)
 from graftwork.training.loop import TrainConfig, evaluate, tensor_batches, torch_threads
+from graftwork.training.metrics import paired
 
 __all__ = ["Extract", "augmented_views"]
 
@@ -81,24 +82,35 @@ class Extract(Phase):
 
     def _choose_head(self, ctx: PhaseContext) -> None:
         """``head="auto"``: train each of ``HEAD_CANDIDATES`` on the cached features (quietly,
-        no checkpoints) and keep the best on validation; the chosen head is then trained again
-        as the phase itself (same seed: the same weights), so history and checkpoints are the
+        no checkpoints); a later candidate replaces the one kept so far (the first: the classic
+        head) only when it is significantly better on the validation images, the ladder's rule
+        (:func:`graftwork.training.metrics.paired`). The chosen head is then trained again as
+        the phase itself (same seed: the same weights), so history and checkpoints are the
         chosen head's alone."""
         s = ctx.session
         if not ctx.splits.val:
             log.warning("head=auto needs a validation split: using the mlp head")
             return
         quiet = replace(ctx, callbacks=[], checkpoint_dir=None)
-        tried = []
-        for choice in HEAD_CANDIDATES:
+        xv, yv = s.features(ctx.splits.val, "features val")
+        tried: list[dict[str, Any]] = []
+        hits: list[tuple[bool, ...]] = []
+        best = 0
+        for i, choice in enumerate(HEAD_CANDIDATES):
             s.set_head(self._head(ctx, choice))
             result, _, _ = super().run(replace(quiet, params=self._params(ctx, choice)))
+            s.head.eval()
+            with torch.inference_mode():
+                hits.append(tuple((s.head(xv).argmax(1) == yv).tolist()))
             tried.append({**choice.as_dict(), **{f"val_{k}": v for k, v in
                                                   (result.best_val or {}).items()}})
-        best = max(range(len(tried)), key=lambda i: (tried[i].get("val_accuracy", -1),
-                                                     -tried[i].get("val_loss", 0.0)))
+            if i:
+                test = paired(hits[i], hits[best])
+                tried[i]["vs_kept"] = {"against": best, **test.as_dict()}
+                best = i if test.better else best
         choice = HEAD_CANDIDATES[best]
-        log.info("head=auto: %s (validation accuracy %.4f)", choice,
+        log.info("head=auto: %s (validation accuracy %.4f; a head replaces the first only "
+                 "when significantly better on the validation images)", choice,
                  tried[best].get("val_accuracy", float("nan")))
         s.set_head(self._head(ctx, choice))
         s.head_spec = {"kind": choice.kind, "hidden": choice.hidden, "dropout": choice.dropout,

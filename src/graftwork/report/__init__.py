@@ -21,6 +21,7 @@ comparing runs) and ``_format`` (number parsing and plain-text formatting shared
 """
 from __future__ import annotations
 
+from graftwork.report._format import fmt_acc_ci
 from graftwork.report._html import build_report, render_html
 from graftwork.report._metrics import Evaluation, evaluate, per_class_metrics
 from graftwork.report._plots import (curve_chart, curve_charts, lr_chart, plot_curves,
@@ -38,5 +39,5 @@ __all__ = [
     "reliability_chart", "confusion_matrix", "per_class_metrics", "confusion_chart",
     "plot_confusion", "top_losses", "top_losses_grid",
     "Evaluation", "evaluate", "build_report", "render_html",
-    "list_runs", "format_table", "compare_runs", "format_compare",
+    "list_runs", "format_table", "compare_runs", "format_compare", "fmt_acc_ci",
 ]

@@ -8,7 +8,7 @@ from typing import Any
 from graftwork.rundir.reader import to_float, to_int
 
 __all__ = ["to_float", "to_int", "descending", "ratio", "is_missing", "fmt", "fmt_int",
-           "fmt_seconds", "fmt_acc", "fmt_share", "pretty", "fmt_cell"]
+           "fmt_seconds", "fmt_acc", "fmt_acc_ci", "fmt_share", "pretty", "fmt_cell"]
 
 
 def descending(value: Any) -> float:
@@ -64,6 +64,17 @@ def fmt_acc(value: Any) -> str:
     """An accuracy (or loss) with four decimals, or '-'."""
     number = to_float(value)
     return "-" if not math.isfinite(number) else f"{number:.4f}"
+
+
+def fmt_acc_ci(value: Any, interval: Any, n: Any = None) -> str:
+    """An accuracy with its 95% interval (and ``n``): ``0.8350 [0.776, 0.880] n=200``; the
+    accuracy alone when the interval is missing or malformed (runs of older versions)."""
+    text = fmt_acc(value)
+    ci = [to_float(v) for v in interval] if isinstance(interval, (list, tuple)) else []
+    if text == "-" or len(ci) != 2 or not all(math.isfinite(v) for v in ci):
+        return text
+    count = to_int(n)
+    return f"{text} [{ci[0]:.3f}, {ci[1]:.3f}]" + (f" n={count}" if count is not None else "")
 
 
 def fmt_share(share: float) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import graftwork.report.kit as kit
-from graftwork.report._format import fmt_acc, fmt_int, fmt_seconds, to_float
+from graftwork.report._format import fmt_acc, fmt_acc_ci, fmt_int, fmt_seconds, to_float
 from graftwork.report._metrics import Evaluation, evaluate
 from graftwork.report._plots import (calibration_of, check_smoothing, curve_charts,
                                      phase_segments, reliability_chart)
@@ -39,8 +39,9 @@ def _header(run: Run, evaluation: Evaluation | None) -> str:
     test_acc = test.get("accuracy", evaluation.metrics["accuracy"] if evaluation else None)
     cards = [("backbone", backbone_name(config) or "-"),
              ("strategy", str(config.get("strategy") or "-")),
-             ("val accuracy", fmt_acc(val.get("accuracy"))),
-             ("test accuracy", fmt_acc(test_acc)),
+             ("val accuracy", fmt_acc_ci(val.get("accuracy"), val.get("accuracy_ci"),
+                                         val.get("n"))),
+             ("test accuracy", fmt_acc_ci(test_acc, test.get("accuracy_ci"), test.get("n"))),
              ("wall time", fmt_seconds(metrics.get("wall_time_s"))),
              ("classes", str(len(run.classes)) if run.classes else "-")]
     if metrics.get("skipped"):

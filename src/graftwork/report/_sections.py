@@ -8,35 +8,69 @@ from collections.abc import Mapping
 from typing import Any
 
 import graftwork.report.kit as kit
-from graftwork.report._format import (descending, fmt, fmt_acc, fmt_int, fmt_share, pretty,
-                                      ratio, to_int)
+from graftwork.report._format import (descending, fmt, fmt_acc, fmt_acc_ci, fmt_int, fmt_share,
+                                      pretty, ratio, to_int)
 from graftwork.rundir.reader import Run, backbone_name
 
 _e = kit.escape
 
 
+_INTERVALS = {"best_val_accuracy": ("val_accuracy_ci", "val_n"),
+              "test_accuracy": ("test_accuracy_ci", "test_n")}
+
+
+def _keep_note(run: Run) -> str:
+    """Which rung was kept and why: each decision of the keep rule, with its numbers."""
+    keep = run.metrics.get("keep")
+    if not isinstance(keep, Mapping) or not keep.get("kept"):
+        return ""
+    decisions = [d for d in keep.get("decisions") or [] if isinstance(d, Mapping)]
+    items = "".join(f"<li>{_e(str(d.get('text', '')))}</li>" for d in decisions[1:])
+    return (f"<p>Kept model: <b>{_e(str(keep['kept']))}</b>. Rule: {_e(str(keep.get('rule')))}"
+            " (a difference of a few images is noise; the cheaper rung stays).</p>"
+            + (f"<ul>{items}</ul>" if items else ""))
+
+
 def ladder_section(run: Run) -> str:
-    """One row per training phase, the best validation accuracy highlighted."""
+    """One row per training phase, each accuracy with its 95% interval, the kept rung (else
+    the best validation accuracy) highlighted, and the keep decisions."""
     phases = [p for p in run.metrics.get("phases") or [] if isinstance(p, Mapping)]
     if not phases:
         return ""
-    known = ["phase", "best_val_accuracy", "test_accuracy", "wall_time_s", "trainable_params"]
-    extra = [k for p in phases for k in p if k not in known]
+    known = ["phase", "best_val_accuracy", "vs_kept", "test_accuracy", "wall_time_s",
+             "trainable_params"]
+    hidden = {k for pair in _INTERVALS.values() for k in pair}
+    extra = [k for p in phases for k in p if k not in known and k not in hidden]
     columns = [k for k in known if any(k in p for p in phases)] + list(dict.fromkeys(extra))
-    best = min(range(len(phases)), key=lambda i: descending(phases[i].get("best_val_accuracy")))
-    rows = [[kit.kv_value(c, p.get(c)) for c in columns] for p in phases]
+    keep = run.metrics.get("keep")
+    kept = keep.get("kept") if isinstance(keep, Mapping) else None
+    names = [p.get("phase") for p in phases]
+    best = (names.index(kept) if kept in names else
+            min(range(len(phases)), key=lambda i: descending(phases[i].get("best_val_accuracy"))))
+
+    def cell(c: str, p: Mapping[str, Any]) -> str:
+        if c in _INTERVALS:
+            ci, n = _INTERVALS[c]
+            return _e(fmt_acc_ci(p.get(c), p.get(ci), p.get(n)))
+        return kit.kv_value(c, p.get(c))
+
+    rows = [[cell(c, p) for c in columns] for p in phases]
     numeric = [c != "phase" for c in columns]
     table = kit.table([_e(pretty(c)) for c in columns], rows, numeric,
                       ["best" if i == best else "" for i in range(len(phases))])
-    note = ('<p class="muted">One row per training phase; the best validation accuracy is '
-            "highlighted. A phase that starts from trained weights (warm start) keeps them when "
+    note = ('<p class="muted">One row per training phase; the kept rung is highlighted. '
+            "Accuracies are followed by their 95% interval [low, high] (Wilson) and the number "
+            "of images; vs kept: images a rung gets right minus images it gets wrong against "
+            "the rung kept before it, on the same validation images, with McNemar's exact "
+            "p-value. A phase that starts from trained weights (warm start) keeps them when "
             "no epoch beats them on validation: its best epoch is then 0.</p>")
     skipped = run.metrics.get("skipped_phases")
     if isinstance(skipped, Mapping) and skipped:
         note += "".join(f'<p class="muted">{_e(str(k))} skipped: {_e(str(v))}.</p>'
                         for k, v in skipped.items())
     is_ladder = run.config.get("strategy") == "ladder" or len(phases) > 1
-    return kit.section("ladder", "Strategy ladder" if is_ladder else "Phases", note + table)
+    return kit.section("ladder", "Strategy ladder" if is_ladder else "Phases",
+                       _keep_note(run) + note + table)
 
 
 def params_section(run: Run) -> str:
