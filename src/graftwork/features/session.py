@@ -234,7 +234,8 @@ class Session:
         for batch in self.loader(samples, transform, batch_size or self.options.batch_size, generator,
                                  gate):
             self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
-            yield batch["images"], batch["labels"]
+            if len(batch["labels"]):  # a batch of bad files only: nothing to yield
+                yield batch["images"], batch["labels"]
 
     def cache(self) -> FeatureCache:
         """The feature cache of this backbone and preprocessing (also keeps engine exports)."""
