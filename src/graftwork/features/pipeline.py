@@ -29,9 +29,12 @@ from graftwork.features.decode import FastEvalTransform, FromPixels
 from graftwork.features.engines import Engine, Runner, create_engine
 
 __all__ = ["ExtractResult", "CacheFiller", "extract_features", "default_workers",
-           "bind_backbone", "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated"]
+           "bind_backbone", "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated",
+           "parent_alive", "GATE_POLL_S"]
 
 log = logging.getLogger(__name__)
+#: How often a decode worker waiting at the gate checks that its main process is alive (s).
+GATE_POLL_S = 0.5
 
 
 def default_workers() -> int:
@@ -289,10 +292,31 @@ class Gated(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, gate: Any) -> None:
         self.dataset = dataset
         self.gate = gate
+        self.parent = os.getpid()  # made in the main process; items are got in its workers
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        self.gate.wait()
+        # never wait forever: a main process killed (SIGKILL, the OOM killer) while the gate
+        # was closed would leave this worker blocked, holding its memory, for good
+        while not self.gate.wait(GATE_POLL_S):
+            if not parent_alive(self.parent):
+                log.warning("decode worker %d: its main process %d has gone; exiting",
+                            os.getpid(), self.parent)
+                os._exit(1)  # no cleanup to run: nothing here owns files or locks
         return self.dataset[index]
+
+
+def parent_alive(parent: int) -> bool:
+    """Whether ``parent`` (the main process that started this worker) is still running: an
+    orphan is re-parented (``os.getppid()`` changes), and multiprocessing's parent sentinel
+    closes when the parent ends."""
+    if os.getpid() == parent:  # not a worker: the caller itself
+        return True
+    if os.getppid() != parent:
+        return False
+    import multiprocessing
+
+    process = multiprocessing.parent_process()
+    return process is None or process.is_alive()
