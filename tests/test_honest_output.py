@@ -216,3 +216,21 @@ def test_images_needed_is_the_count_from_which_every_split_works(
     assert all(sum(_part_sizes(fractions, n)) < n for n in range(need, 2000))
     assert need == 1 or sum(_part_sizes(fractions, need - 1)) >= need - 1
 
+
+
+def test_extract_without_a_usable_image_exits_2_and_counts_right(tmp_path: Path) -> None:
+    """Six files of the same bad bytes: none is "from cache", and nothing extracted is no
+    success."""
+    bad = tmp_path / "bad"
+    for c in ("a", "b"):
+        for i in range(3):
+            _junk(bad / c / f"x{i}.png", b"the same bad bytes")
+    args = ["extract", bad, "--backbone", "test_efficientnet", "--weights", "random",
+            "--image-size", "32", "--cache-dir", tmp_path / "cache", "--workers", "0", "-q"]
+    _error(_graft(*args), "none of the 6 files", "not an image")
+    good = make_image_folder(tmp_path / "good", classes=2, counts={"": 3})
+    _junk(good / "class_0" / "bad.png", b"the same bad bytes")
+    _junk(good / "class_1" / "bad.png", b"the same bad bytes")
+    res = _graft(*[a if a != bad else good for a in args])
+    assert res.exit_code == 0, res.output
+    assert "6 images, 6 extracted, 0 cached, 2 skipped" in res.stdout, res.stdout

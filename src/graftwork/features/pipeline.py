@@ -101,6 +101,7 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: Pr
     if skipped and strict:
         _strict_fail(skipped)
     index = cache.index()
+    n_cached = sum(1 for d in digests if d is not None and d in index)
     first: dict[bytes, int] = {}  # one extraction per distinct file content
     for i, d in enumerate(digests):
         if d is not None and d not in index:
@@ -130,7 +131,7 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: Pr
         index = cache.index()
         features = None
         ok = torch.tensor([d is not None and d in index for d in digests], dtype=torch.bool)
-    result = ExtractResult(features, ok, skipped, len(todo) - n_bad, len(samples) - len(todo),
+    result = ExtractResult(features, ok, skipped, len(todo) - n_bad, n_cached,
                            time.perf_counter() - start, used)
     log.info("%s: %d images, %d from cache, %d extracted, %d skipped in %.1fs", desc,
              len(samples), result.cached, result.extracted, len(skipped), result.seconds)
