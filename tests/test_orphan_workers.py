@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import train_tiny_run
+
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -41,6 +43,25 @@ SCRIPT = textwrap.dedent("""
 """)
 
 
+# The training loader (Session.loader, no gate) with its decode workers, whose transform never
+# returns: the workers are blocked inside a task, where torch's own check never runs.
+LOADER_SCRIPT = textwrap.dedent("""
+    import multiprocessing, sys, time
+    from graftwork.data.discover import Sample
+    from graftwork.estimator.classifier import ImageClassifier
+
+    def stuck(img):
+        time.sleep(600)
+
+    run, image = sys.argv[1], sys.argv[2]
+    session = ImageClassifier.load(run).session_
+    loader = iter(session.loader([Sample(image, 0)] * 64, stuck, 8))
+    time.sleep(3.0)  # both workers are inside a task
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    next(loader)
+""")
+
+
 def _running(pid: int) -> bool:
     """Alive and not a zombie (an orphan's exit is reaped by init, which may be slow)."""
     try:
@@ -51,15 +72,23 @@ def _running(pid: int) -> bool:
     return "Z" not in state.split()[1:2]
 
 
-def test_decode_workers_exit_when_their_main_process_is_killed() -> None:
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_run(tmp_path_factory.mktemp("orphans"))
+
+
+@pytest.mark.parametrize("where", ["gate", "task"])
+def test_decode_workers_exit_when_their_main_process_is_killed(where: str, run: Path) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], stdout=subprocess.PIPE, text=True,
+    image = next((run.parent / "data" / "test").rglob("*.png"))
+    args = ["-c", SCRIPT] if where == "gate" else ["-c", LOADER_SCRIPT, str(run), str(image)]
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True,
                             env=env)
     workers: list[int] = []
     try:
         line = proc.stdout.readline() if proc.stdout else ""
         workers = [int(p) for p in line.split()]
-        assert len(workers) == 2, line
+        assert workers, line
         assert all(_running(pid) for pid in workers)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)

@@ -30,7 +30,7 @@ from graftwork.features.engines import Engine, Runner, create_engine
 
 __all__ = ["ExtractResult", "CacheFiller", "extract_features", "default_workers",
            "bind_backbone", "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated",
-           "parent_alive", "GATE_POLL_S"]
+           "parent_alive", "watch_parent", "GATE_POLL_S"]
 
 log = logging.getLogger(__name__)
 #: How often a decode worker waiting at the gate checks that its main process is alive (s).
@@ -218,7 +218,7 @@ def gated_stream(dataset: Any, batch_size: int, num_workers: int | None, progres
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=IndexBatches(len(dataset), batch_size), num_workers=workers,
         collate_fn=collate_skip, prefetch_factor=4 if workers else None,
-        multiprocessing_context=context)
+        multiprocessing_context=context, worker_init_fn=watch_parent if workers else None)
     batches = None
     try:
         batches = iter(loader)  # workers start decoding while the engine gets ready
@@ -307,6 +307,23 @@ class Gated(torch.utils.data.Dataset):
                             os.getpid(), self.parent)
                 os._exit(1)  # no cleanup to run: nothing here owns files or locks
         return self.dataset[index]
+
+
+def watch_parent(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: a daemon thread in the worker that ends it (within
+    :data:`GATE_POLL_S`) once its main process has gone, wherever the worker is blocked.
+    torch's own check runs only between tasks, every 5 s."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while parent_alive(parent):
+            time.sleep(GATE_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=f"graftwork-parent-watch-{worker_id}",
+                     daemon=True).start()
 
 
 def parent_alive(parent: int) -> bool:
