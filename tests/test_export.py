@@ -46,19 +46,21 @@ def test_onnx_export_verifies_itself_and_carries_metadata(run: Path, tmp_path: P
     assert [i.name for i in proto.graph.input] == ["pixels"]
     assert [o.name for o in proto.graph.output] == ["logits", "probs"]
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
-    assert (tmp_path / "labels.txt").read_text().split() == clf.classes_
-    spec = json.loads((tmp_path / "preprocess.json").read_text())
+    assert (tmp_path / "m.labels.txt").read_text().split() == clf.classes_
+    spec = json.loads((tmp_path / "m.preprocess.json").read_text())
     assert spec["image_size"] == 32 and spec["resize_short_side"] >= 32
-    assert _leftovers(tmp_path) == ["labels.txt", "m.onnx", "preprocess.json"]
+    assert spec["model"]["file"] == "m.onnx" and spec["model"]["labels"] == "m.labels.txt"
+    assert _leftovers(tmp_path) == ["m.labels.txt", "m.onnx", "m.preprocess.json"]
 
 
 def test_onnxruntime_alone_matches_predict(run: Path, tmp_path: Path) -> None:
-    """The docs/export-serving.md recipe: PIL + numpy + onnxruntime, nothing of graftwork."""
+    """PIL + numpy + onnxruntime, nothing of graftwork (the README recipe itself is run by
+    tests/test_export_recipe.py)."""
     import onnxruntime as ort
 
     res = export_model(run, "onnx", tmp_path / "model.onnx")
-    spec = json.loads((tmp_path / "preprocess.json").read_text())
-    labels = (tmp_path / "labels.txt").read_text().splitlines()
+    spec = json.loads((tmp_path / "model.preprocess.json").read_text())
+    labels = (tmp_path / "model.labels.txt").read_text().splitlines()
     session = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"])
     paths = sorted((run.parent / "data" / "test").rglob("*.png"))
 

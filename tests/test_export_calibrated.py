@@ -68,7 +68,7 @@ def test_onnx_export_bakes_in_tta_and_temperature(run: Path, tmp_path: Path) -> 
     np.testing.assert_allclose(probs, expected, rtol=0, atol=1e-5)
     meta = {p.key: p.value for p in onnx.load(str(res.path)).metadata_props}
     assert json.loads(meta["tta"]) is True and float(meta["temperature"]) == TEMPERATURE
-    spec = json.loads((tmp_path / "preprocess.json").read_text())
+    spec = json.loads((res.preprocess_path).read_text())
     assert spec["postprocess"] == {"tta": True, "temperature": TEMPERATURE, "baked_in": True}
 
 

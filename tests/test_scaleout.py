@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,10 +31,13 @@ def _env() -> dict[str, str]:
 
 
 def _old_files(root: Path) -> list[str]:
-    """Every image under ``root``, made old (not "racy": their digests are remembered)."""
+    """Every image under ``root``, settled (not "racy": their digests are remembered): made
+    old, and waited for until their ctime, which no program can set back, is old enough."""
     files = sorted(str(p) for p in root.rglob("*.png"))
     for p in files:
         os.utime(p, (1_600_000_000, 1_600_000_000))
+    changed = max(os.stat(p).st_ctime for p in files)
+    time.sleep(max(0.0, changed + _digests._RACY_S + 0.05 - time.time()))
     return files
 
 
@@ -59,6 +63,7 @@ def test_shard_parsing_and_environment() -> None:
 def test_concurrent_index_writers_lose_nothing(tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Two "processes" (separate in-memory indexes) write one index: both sets survive."""
+    monkeypatch.setattr(_digests, "_RACY_S", 0.0)  # files just written count as settled
     files = []
     for i in range(6):
         p = tmp_path / f"{i}.bin"

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -225,3 +226,25 @@ def test_page_in_headless_chromium(server: str, tmp_path: Path) -> None:
     assert len(np.unique(np.asarray(img.convert("L")))) > 8  # not a blank page
     if os.environ.get("GRAFT_SAVE_SCREENSHOT"):  # refresh docs/serve-screenshot.png on request
         shutil.copyfile(shot, REPO / "docs" / "serve-screenshot.png")
+
+
+def test_a_client_that_disconnects_mid_upload_is_one_info_line(
+        server: str, run: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """No traceback in the server log (graftwork's nor uvicorn's); the server keeps serving."""
+    host, port = server.removeprefix("http://").split(":")
+    body = _png(_tests(run)[0])
+    with caplog.at_level(logging.INFO):
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                         b"Content-Length: %d\r\n\r\n" % (len(body) + 100_000) + body)
+            time.sleep(0.3)  # the server is reading the body ...
+        for _ in range(100):  # ... and sees the connection close
+            if any("disconnected" in r.getMessage() for r in caplog.records):
+                break
+            time.sleep(0.05)
+        with urllib.request.urlopen(f"{server}/health", timeout=30) as resp:
+            assert json.loads(resp.read())["status"] == "ok"
+    lines = [r for r in caplog.records if "disconnected" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].levelno == logging.INFO and not lines[0].exc_info
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR], \
+        [r.getMessage() for r in caplog.records]

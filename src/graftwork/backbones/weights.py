@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from graftwork.data.digests import stat_key
 from graftwork.errors import ModelFileError, WeightsNotFoundError
 from graftwork.registry import Registry
 
@@ -136,7 +137,8 @@ def _hub_state_dict(spec: BackboneSpec) -> dict[str, torch.Tensor]:
 class Resolved:
     """Weights found by a source: where they are, what identifies them, how to load them.
 
-    ``identity`` holds cheap facts that change whenever the weights would (path, size, mtime_ns),
+    ``identity`` holds cheap facts that change whenever the weights would (path, device, inode,
+    size, mtime_ns, ctime_ns: a file rewritten in place keeping size and mtime changes ctime),
     or is None when nothing cheap identifies them (the hub). ``label`` names the source in the
     "tried" list (``"<label>: ok"``). When ``load`` fails and ``falls_through`` is set, the
     failure is recorded and the next source is tried; otherwise its error is the caller's.
@@ -175,7 +177,9 @@ def _file_identity(path: Path) -> dict[str, Any] | None:
         st = path.stat()
     except OSError:
         return None
-    return {"weights": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    device, inode, size, mtime_ns, ctime_ns = stat_key(st)
+    return {"weights": str(path), "size": size, "mtime_ns": mtime_ns, "ctime_ns": ctime_ns,
+            "inode": inode, "device": device}
 
 
 class FileSource(WeightSource):

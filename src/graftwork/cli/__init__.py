@@ -27,7 +27,7 @@ from graftwork.cli import audit as _cli_audit
 from graftwork.cli import tools as _cli_tools
 from graftwork.cli import deploy as cli_deploy
 from graftwork.cli.common import (_friendly, _progress_bars, _setup_logging, build_report_quietly,
-                                  device_option, load_classifier, phase_options_value,
+                                  device_option, echo_json, load_classifier, phase_options_value,
                                   unfreeze_value)
 from graftwork.cli.options import param_option
 
@@ -299,13 +299,14 @@ def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None, device:
         clf.set_params(tta=tta)
     result = clf.evaluate(data)
     if as_json:
-        click.echo(json.dumps(result))
+        echo_json(result)
     else:
         from graftwork.report import fmt_acc_ci
 
         click.echo(f"accuracy {fmt_acc_ci(result['accuracy'], result.get('accuracy_ci'))}  "
                    f"loss {result['loss']:.4f}  images {result['n']}  skipped "
                    f"{result['skipped']}  ([low, high]: 95% interval)")
+        click.echo(f"scored: {result['scored']}")
 
 
 @main.command()
@@ -320,15 +321,27 @@ def evaluate_cmd(run: Path, data: Path, as_json: bool, tta: bool | None, device:
 def predict(run: Path, inputs: tuple[Path, ...], top_k: int, fmt: str,
             tta: bool | None, device: str) -> None:
     """Predict the class of image files and folders of images with the model in RUN."""
-    from graftwork.rundir.files import write_csv_rows
-
     _setup_logging(False, True)
     clf = load_classifier(run, device)
     if tta is not None:
         clf.set_params(tta=tta)
     rows = clf.predict(list(inputs), top_k=top_k)
+    _print_predictions(rows, fmt)
+    failed = [r for r in rows if "error" in r]
+    if len(failed) == len(rows):
+        from graftwork.errors import DataError
+
+        raise DataError(f"none of the {len(rows)} files could be predicted (e.g. "
+                        f"{failed[0]['path']}: {failed[0]['error']})",
+                        "fix or replace the images (each row above gives its reason)")
+
+
+def _print_predictions(rows: list[dict[str, Any]], fmt: str) -> None:
+    """``graft predict``'s rows as JSON, CSV or a table (an ``error`` column for bad files)."""
+    from graftwork.rundir.files import write_csv_rows
+
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows, indent=2)
         return
     flat = []
     for r in rows:

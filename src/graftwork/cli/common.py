@@ -7,7 +7,9 @@ first (or running ``python -m graftwork.cli``) makes no import cycle.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ import click
 from graftwork.cli.options import param_option
 from graftwork.errors import GraftError
 
-__all__ = ["_friendly", "_setup_logging", "_progress_bars", "device_option", "load_classifier",
+__all__ = ["_friendly", "_setup_logging", "echo_json", "finite", "_progress_bars", "device_option", "load_classifier",
            "unfreeze_value", "phase_options_value", "build_report_quietly"]
 
 log = logging.getLogger("graftwork")
@@ -47,6 +49,23 @@ def _friendly(func: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(2)
 
     return wrapper
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (in dicts, lists, tuples) made None: a result
+    graftwork prints is a number or says it is missing, never NaN."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def echo_json(value: Any, indent: int | None = None) -> None:
+    """Print ``value`` as strict JSON (RFC 8259: no NaN, no Infinity; see :func:`finite`)."""
+    click.echo(json.dumps(finite(value), indent=indent, allow_nan=False, default=str))
 
 
 def _setup_logging(verbose: bool, quiet: bool, bars: bool = False) -> None:

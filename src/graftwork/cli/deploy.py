@@ -21,7 +21,8 @@ __all__ = ["export", "serve"]
 @_friendly
 def export(run: Path, fmt: str, out: Path | None, check_images: tuple[Path, ...]) -> None:
     """Export RUN to one self-contained file (uint8 RGB [N,H,W,3] in; logits, probs out),
-    verified against the torch model; labels.txt and preprocess.json are written beside it."""
+    verified against the torch model; NAME.labels.txt and NAME.preprocess.json (which says how
+    to decode, resize and crop an image for it) are written beside NAME.onnx or NAME.pt."""
     from graftwork.deploy.export import export_model
 
     _setup_logging(False, True)

@@ -44,7 +44,14 @@ def extract(data: Path, backbone: str, weights: str | None, image_size: int | No
                             engine=engine, batch_size=batch_size, num_workers=num_workers,
                             progress=_progress_bars(quiet), address=address,
                             seed=seed)
-    total = result.extracted + result.cached
+    total = int(result.ok.sum())  # usable images (several files may share one content)
+    if result.skipped and not total:
+        from graftwork.errors import DataError
+
+        first = result.skipped[0]
+        raise DataError(f"none of the {len(result.skipped)} files of {str(data)!r} (shard "
+                        f"{part[0]}/{part[1]}) could be used (e.g. {first.path}: "
+                        f"{first.reason})", "fix or replace the images")
     click.echo(f"shard {part[0]}/{part[1]}: {total} images, {result.extracted} extracted, "
                f"{result.cached} cached, {len(result.skipped)} skipped in {result.seconds:.1f}s"
                + (f" ({result.engine})" if result.engine else ""))

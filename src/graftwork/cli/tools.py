@@ -2,14 +2,13 @@
 report, runs, compare, baseline. Each is one library call plus formatting."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import click
 
 from graftwork.cli.common import (_friendly, _setup_logging, build_report_quietly, device_option,
-                                  load_classifier, unfreeze_value)
+                                  echo_json, load_classifier, unfreeze_value)
 from graftwork.params import click_type
 
 __all__ = ["COMMANDS"]
@@ -44,7 +43,7 @@ def backbones(as_json: bool, check: bool) -> None:
             row["feature_dim"] = bb.feature_dim
         rows.append(row)
     if as_json:
-        click.echo(json.dumps(rows, indent=2))
+        echo_json(rows, indent=2)
         return
     cols = ["name", "arch", "params", "feature_dim", "input_size", "blocks", "unfreeze_auto",
             "unfreeze_auto_more", "more_from_per_class", "offline_weights"]
@@ -108,7 +107,7 @@ def doctor(run: Path, data: Path, batch_size: int, as_json: bool, device: str) -
     save_metrics(run, clf.metrics_)
     _rebuild_report(run)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        echo_json(report, indent=2)
         return
     tm, em = report["train_mode"], report["eval_mode"]
     click.echo(f"train mode (batch statistics): accuracy {tm['accuracy']:.4f} loss {tm['loss']:.4f}")
@@ -182,7 +181,7 @@ def runs(root: Path, as_json: bool) -> None:
 
     rows = list_runs(root)
     if as_json:
-        click.echo(json.dumps(rows, indent=2, default=str))
+        echo_json(rows, indent=2)
     elif not rows:
         click.echo(f"no runs under {root}")
     else:

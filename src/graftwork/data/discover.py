@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import random
 import stat
@@ -155,6 +156,32 @@ def _scan_split(folder: Path, classes: list[str], data: str, skipped: list[Skipp
     return samples
 
 
+def _part_sizes(fractions: Sequence[float], n: int) -> list[int]:
+    """Images of a class of ``n`` each held-out part takes (at least one where its fraction is
+    above 0): the one rule of :func:`_stratified_split`."""
+    return [max(1, round(f * n)) if f > 0 else 0 for f in fractions]
+
+
+def images_needed(fractions: Sequence[float]) -> int | None:
+    """The fewest images per class from which every count splits with ``fractions`` leaving
+    images to train on (rounding makes some smaller counts work and larger ones fail); None
+    when the fractions sum to 1 or more."""
+    held = [f for f in fractions if f > 0]
+    if sum(held) >= 1:
+        return None
+    # every part takes at most f * n + 1 images, so from k / (1 - sum) on each count works
+    bound = math.floor(len(held) / (1 - sum(held))) + 1
+    fails = [n for n in range(1, bound + 1) if sum(_part_sizes(fractions, n)) >= n]
+    return max(fails, default=0) + 1
+
+
+def _describe(fractions: Sequence[float]) -> str:
+    names = ("val", "test")
+    parts = [f"{names[i] if i < len(names) else f'part {i}'} fraction {f:g}"
+             for i, f in enumerate(fractions) if f > 0]
+    return " and ".join(parts) + " set aside" if parts else "nothing set aside"
+
+
 def _stratified_split(samples: list[Sample], fractions: Sequence[float], seed: int,
                       classes: list[str]) -> list[list[Sample]]:
     """Split per class with a seeded shuffle; every part gets at least one image of each class."""
@@ -163,12 +190,15 @@ def _stratified_split(samples: list[Sample], fractions: Sequence[float], seed: i
     for label, name in enumerate(classes):
         items = [s for s in samples if s.label == label]
         rng.shuffle(items)
-        sizes = [max(1, round(f * len(items))) if f > 0 else 0 for f in fractions]
+        sizes = _part_sizes(fractions, len(items))
         if sum(sizes) >= len(items):
-            need = sum(1 for f in fractions if f > 0) + 1
-            raise DataError(f"class {name!r} has {len(items)} images, too few for this split",
-                            f"give each class at least {need} images, or lower the val/test "
-                            "fractions, or provide train/ and val/ folders")
+            need = images_needed(fractions)
+            at_least = (f"at least {need} images" if need else
+                        "more images than these fractions can split (they leave none to train on)")
+            raise DataError(f"class {name!r} has {len(items)} images, too few for this split "
+                            f"({_describe(fractions)} of each class, and one image to train on)",
+                            f"give each class {at_least}, or lower the val/test fractions, or "
+                            "provide train/ and val/ folders")
         start = 0
         for i, size in enumerate(sizes):
             parts[i + 1].extend(items[start:start + size])

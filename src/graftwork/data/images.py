@@ -18,16 +18,41 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from graftwork.data.discover import Sample
 from graftwork.errors import BadImageError
 
-__all__ = ["load_image", "ImageDataset", "collate_skip"]
+__all__ = ["load_image", "ImageDataset", "collate_skip", "DECODING"]
 
 log = logging.getLogger(__name__)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey image
 
 
+# Only the decoders of IMAGE_EXTENSIONS are tried (never e.g. EPS, which runs Ghostscript).
+_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM")
+_HIGH_DEPTH = ("I;16", "I;16B", "I;16L", "I", "F")
+
+#: How :func:`load_image` decodes, step by step, in words an implementation can follow (an
+#: exported model's ``preprocess.json`` carries it; README's onnxruntime recipe implements it).
+DECODING: dict[str, str] = {
+    "library": "Pillow: Image.open(file, formats=formats), the first frame only",
+    "formats": ", ".join(_FORMATS),
+    "jpeg_draft": "JPEG only: img.draft('RGB', (resize_short_side, resize_short_side)) before "
+                  "img.load() (a reduced DCT scale, no side below resize_short_side)",
+    "exif_orientation": "ImageOps.exif_transpose(img) after loading",
+    "high_bit_depth": f"modes {', '.join(_HIGH_DEPTH)}: as float32, NaN and infinities -> 0, "
+                      "then lo, hi = min, max; if hi > lo: (x - float32(lo)) * "
+                      "float32(255 / (hi - lo)) clipped to 0..255, else 0; truncated to uint8, "
+                      "mode L (per image: 16-bit images are stretched, not shifted by 8 bits)",
+    "palette": "mode P: convert('RGBA') if 'transparency' in img.info, else convert('RGB')",
+    "alpha": "modes RGBA, LA, PA: convert('RGBA'), then Image.alpha_composite over an opaque "
+             "white RGBA image (transparent pixels become white)",
+    "other_modes": "any other mode but RGB (L, 1, CMYK, YCbCr, LAB, I;16 after the above, ...): "
+                   "convert('RGB')",
+    "order": "jpeg_draft, load, exif_orientation, high_bit_depth, palette, alpha, other_modes",
+}
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode (palette, alpha, 16-bit, CMYK, ...) to 8-bit RGB on a white background."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+    if img.mode in _HIGH_DEPTH:
         # float32 and in place: a 32-bit image near PIL's pixel limit must not need gigabytes
         arr = np.array(img, dtype=np.float32)
         np.nan_to_num(arr, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
@@ -73,10 +98,6 @@ def load_image(source: str | Path | bytes, draft_size: int | None = None) -> Ima
     except Exception as exc:  # any decoder failure on a hostile file is a bad image, not a crash
         raise BadImageError(f"{name}: {_failure_reason(source, exc)}",
                             "re-export or remove the file") from exc
-
-
-# Only the decoders of IMAGE_EXTENSIONS are tried (never e.g. EPS, which runs Ghostscript).
-_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "DIB", "WEBP", "TIFF", "PPM")
 
 
 def _open_file(path: str | Path) -> io.BufferedReader:

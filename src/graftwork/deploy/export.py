@@ -5,7 +5,11 @@ to ``resize_short_side`` and centre-crops to ``image_size``, as ``preprocess.jso
 rule of :class:`graftwork.data.preprocess.Preprocessing`) and returns ``logits`` and ``probs``
 (softmax); normalisation runs inside the graph, and so do the run's test-time augmentation
 (mirror image) and calibration temperature, as ``predict`` applies them; the batch axis is
-dynamic. ``labels.txt`` and ``preprocess.json`` are written beside it.
+dynamic. Beside ``NAME.onnx`` (or ``NAME.pt``) come ``NAME.labels.txt`` and
+``NAME.preprocess.json``: named after the model, so several exports share a folder, and the
+latter names the model file and its sha256. ``preprocess.json`` says everything a caller must do
+to an image file, decoding included (:data:`graftwork.data.images.DECODING`,
+:func:`graftwork.features.decode.resize_rule`); README's onnxruntime recipe implements it.
 
     res = export_model("runs/a", "onnx")      # runs/a/export/model.onnx
     print(res.max_abs_logit_diff, res.agreement)
@@ -13,6 +17,7 @@ dynamic. ``labels.txt`` and ``preprocess.json`` are written beside it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import warnings
@@ -26,14 +31,15 @@ import torch
 
 from graftwork.model.calibration import tta_logits
 from graftwork.estimator.classifier import ImageClassifier
-from graftwork.data.images import load_image
+from graftwork.data.images import DECODING, load_image
 from graftwork.data.preprocess import Preprocessing
 from graftwork.errors import BadImageError, ConfigError, GraftError
 from graftwork.features import FastEvalTransform, FromPixels
+from graftwork.features.decode import resize_rule
 from graftwork.rundir.files import atomic_file, atomic_write_text, package_versions
 
 __all__ = ["ExportError", "ExportResult", "PixelModel", "export_model", "preprocess_spec",
-           "load_pixels", "FORMATS", "INPUT_NAME", "OUTPUT_NAMES"]
+           "load_pixels", "sidecar_paths", "FORMATS", "INPUT_NAME", "OUTPUT_NAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +123,8 @@ def preprocess_spec(clf: ImageClassifier) -> dict[str, Any]:
         "pil_resample": pre.interpolation.upper(),
         "antialias": True,
         "crop": "center",
+        "decode": dict(DECODING),
+        "resize": resize_rule(pre),
         "mean": [float(v) for v in pre.mean],
         "std": [float(v) for v in pre.std],
         "normalization": "inside the model: (pixels / 255 - mean) / std",
@@ -127,6 +135,36 @@ def preprocess_spec(clf: ImageClassifier) -> dict[str, Any]:
         # baked into the graph, as predict applies them: probs = softmax(logits) as predict_proba
         "postprocess": {**postprocess(clf), "baked_in": True},
     }
+
+
+def sidecar_paths(model: Path) -> tuple[Path, Path]:
+    """``NAME.labels.txt`` and ``NAME.preprocess.json`` beside the model file ``NAME.onnx``."""
+    stem = model.name[:-len(model.suffix)] if model.suffix else model.name
+    return model.with_name(f"{stem}.labels.txt"), model.with_name(f"{stem}.preprocess.json")
+
+
+def _check_sidecars(model: Path) -> None:
+    """Refuse to replace sidecar files that belong to another model (or to no export)."""
+    labels, pre = sidecar_paths(model)
+    if not (labels.exists() or pre.exists()):
+        return
+    try:
+        owner = json.loads(pre.read_text(encoding="utf-8"))["model"]["file"]
+    except (OSError, ValueError, KeyError, TypeError):
+        owner = None
+    if owner != model.name:
+        taken = pre if pre.exists() else labels
+        raise ExportError(f"{str(taken)!r} exists and does not belong to {model.name!r}"
+                          + (f" but to {owner!r}" if isinstance(owner, str) else ""),
+                          "export under another --out name, or move that file away")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def _metadata(run: Path, clf: ImageClassifier, spec: dict[str, Any]) -> dict[str, str]:
@@ -144,6 +182,7 @@ def _metadata(run: Path, clf: ImageClassifier, spec: dict[str, Any]) -> dict[str
         "temperature": str(spec["postprocess"]["temperature"]),
         "postprocess": json.dumps(spec["postprocess"]),
         "input": json.dumps(spec["input"]),
+        "decode": json.dumps(spec["decode"]),
         "backbone": str(getattr(clf, "backbone", "")),
         "strategy": str(getattr(clf, "strategy", "")),
         "val_accuracy": "" if acc["val"] is None else str(acc["val"]),
@@ -256,8 +295,8 @@ def _export_torchscript(model: PixelModel, example: torch.Tensor, tmp: Path,
 def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None = None, *,
                  check_images: Sequence[str | Path] | None = None) -> ExportResult:
     """Export the run to ``out`` (default ``RUN/export/model.onnx`` or ``model.pt``), verify it
-    against the torch model at batch sizes 1 and 7, and write ``labels.txt`` and
-    ``preprocess.json`` beside it. Raises :class:`ExportError` (and leaves no file) on failure."""
+    against the torch model at batch sizes 1 and 7, and write ``NAME.labels.txt`` and
+    ``NAME.preprocess.json`` beside it (refusing to replace another model's). Raises :class:`ExportError` (and leaves no file) on failure."""
     fmt = fmt.lower()
     if fmt not in FORMATS:
         raise ConfigError(f"unknown export format {fmt!r}", f"choose one of {', '.join(FORMATS)}")
@@ -273,6 +312,7 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
     path = Path(out) if out else run / "export" / f"model{SUFFIX[fmt]}"
     if path.is_dir():
         raise ExportError(f"{str(path)!r} is a directory", "give a file name with --out")
+    _check_sidecars(path)
     model = pixel_model(clf)
     spec = preprocess_spec(clf)
     meta = _metadata(run, clf, spec)
@@ -300,9 +340,12 @@ def export_model(run_dir: str | Path, fmt: str = "onnx", out: str | Path | None 
             raise ExportError(f"{fmt} export disagrees with the torch model: max |logit "
                               f"difference| {diff:.3g} (allowed {TOLERANCE}), top-1 agreement "
                               f"{agreement:.1%}", "try the other --format, or report this as a bug")
-    labels, pre_path = path.parent / "labels.txt", path.parent / "preprocess.json"
+    labels, pre_path = sidecar_paths(path)
+    owner = {"file": path.name, "format": fmt, "sha256": _file_sha256(path),
+             "labels": labels.name}
     atomic_write_text(labels, "\n".join(clf.classes_) + "\n")
-    atomic_write_text(pre_path, json.dumps({**spec, "metadata": meta}, indent=2) + "\n")
+    atomic_write_text(pre_path, json.dumps({"model": owner, **spec, "metadata": meta},
+                                           indent=2) + "\n")
     result = ExportResult(path=path, format=fmt, max_abs_logit_diff=diff, agreement=agreement,
                           n_images=len(images), batch_sizes=CHECK_BATCHES, image_source=source,
                           labels_path=labels, preprocess_path=pre_path)

@@ -30,6 +30,7 @@ try:  # module level: FastAPI resolves the endpoints' (string) annotations in th
     from fastapi import FastAPI, Request
     from fastapi.responses import HTMLResponse, JSONResponse
     from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
     _MISSING: ImportError | None = None
 except ImportError as _exc:  # the optional extra is not installed
     _MISSING = _exc
@@ -146,11 +147,17 @@ def create_app(run_dir: str | Path, *, max_bytes: int | str = "10MB", max_files:
                 raise _Reject(413, f"request body of {int(declared)} bytes is over the limit "
                                    f"of {limit} bytes")
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise _Reject(413, f"request body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise _Reject(413, f"request body is over the limit of {limit} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect:  # the client went away: nobody to answer, nothing broken
+            client = request.client
+            log.info("client %s disconnected during its upload (%d bytes received)",
+                     f"{client.host}:{client.port}" if client else "?", size)
+            raise _Reject(400, "client disconnected during the upload") from None
         return b"".join(chunks)
 
     async def uploads(request: Request) -> list[tuple[str, bytes]]:

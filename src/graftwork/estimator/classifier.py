@@ -151,8 +151,18 @@ class ImageClassifier(ParamsMixin):
 
     # ------------------------------------------------------------------ using the model
     def evaluate(self, data: str | Path) -> dict[str, Any]:
-        """Accuracy, loss, ``n`` and ``skipped`` on a folder with one sub-folder per class."""
-        return _inference.evaluate_folder(self._session(), self.classes_, data)
+        """Accuracy, loss, ``n``, ``skipped`` and ``scored`` (which images) on a folder with one
+        sub-folder per class: ``DATA/test`` if there is one; of the flat folder the model was
+        trained on, only the images its seeded split held out."""
+        return _inference.evaluate_folder(self._session(), self.classes_, data, self._held_out())
+
+    def _held_out(self) -> _inference.HeldOut | None:
+        """How training split a flat folder (None when the sizes it made are unknown)."""
+        counts = (self.splits_.counts() if hasattr(self, "splits_")
+                  else getattr(self, "split_counts_", None))
+        if not counts:
+            return None
+        return _inference.HeldOut(self.val_fraction, self.test_fraction, self.seed, counts)
 
     def score(self, data: str | Path, y: None = None) -> float:
         """Accuracy on a labelled folder (scikit-learn's ``score``)."""

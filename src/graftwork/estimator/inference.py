@@ -3,7 +3,8 @@ and recalibration on a training folder."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from graftwork.data.discover import Sample, Skipped, discover, list_images
 from graftwork.data.transforms import eval_transform
 from graftwork.errors import DataError
 
-__all__ = ["folder_samples", "evaluate_folder", "predict_paths", "predict_proba", "top_classes",
+__all__ = ["HeldOut", "folder_samples", "evaluate_folder", "predict_paths", "predict_proba", "top_classes",
            "doctor", "recalibrate"]
 
 
@@ -28,6 +29,15 @@ def folder_samples(classes: Sequence[str], data: str | Path) -> list[Sample]:
         folder = folder / "test"
     found = sorted(p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     unknown = sorted(set(found) - set(classes))
+    if found and set(found) <= {"train", "val"} and not set(found) & set(classes):
+        val = folder / "val"
+        raise DataError(f"{str(folder)!r} has {' and '.join(f'{n}/' for n in found)} but no "
+                        "test/ folder: its images trained or selected the model",
+                        f"pass {str(val)!r} (the validation images: they chose the model, so "
+                        "the figure is optimistic), or add held-out images as "
+                        f"{str(folder / 'test')!r}/<class>/" if val.is_dir() else
+                        "add held-out images as "
+                        f"{str(folder / 'test')!r}/<class>/ and pass {str(folder)!r} again")
     if not found or unknown:
         raise DataError(f"{str(folder)!r}: class folders {unknown or 'none'} are not among "
                         f"the model's classes {list(classes)}",
@@ -37,11 +47,81 @@ def folder_samples(classes: Sequence[str], data: str | Path) -> list[Sample]:
             for p in list_images(folder / c, skipped)]
 
 
-def evaluate_folder(session: Session, classes: Sequence[str], data: str | Path) -> dict[str, Any]:
-    """Accuracy and loss on a labelled folder; ``skipped`` counts unusable images."""
-    samples = folder_samples(classes, data)
+@dataclass(frozen=True)
+class HeldOut:
+    """How a run split a flat training folder: its fractions and seed, and the split sizes it
+    recorded (``config.json``'s ``splits``)."""
+
+    val_fraction: float
+    test_fraction: float
+    seed: int
+    counts: Mapping[str, int]
+
+
+def _held_out(classes: Sequence[str], folder: Path, held: HeldOut | None
+              ) -> tuple[list[Sample], str] | None:
+    """The images a run held out of ``folder`` when ``folder`` (flat: one sub-folder per class)
+    is the folder it was trained on: the same seeded split gives the sizes it recorded. Its
+    test split, else its validation split; None when ``folder`` is not recognised."""
+    if held is None or not held.counts:
+        return None
+    try:
+        splits = discover(folder, held.val_fraction, held.test_fraction, held.seed)
+    except DataError:
+        return None
+    if splits.explicit or splits.classes != list(classes) or splits.counts() != dict(held.counts):
+        return None
+    total = sum(splits.counts().values())
+    if splits.test:
+        return splits.test, (f"the held-out test split: {len(splits.test)} of the {total} "
+                             f"images of {str(folder)!r} (the seeded split training used); "
+                             "the others trained or selected the model")
+    return splits.val, (f"the validation split: {len(splits.val)} of the {total} images of "
+                        f"{str(folder)!r}; the run held out no test images, and these selected "
+                        "the model, so the figure is optimistic")
+
+
+def _caveat(folder: Path) -> str:
+    """What the accuracy on every image of a flat folder means, by what the folder is."""
+    name = folder.resolve().name
+    where = f"every image in {str(folder)!r}"
+    if name == "test":
+        return where
+    if name == "train":
+        return (f"{where}: a train/ folder; if this run trained on it, this is training "
+                "accuracy, not held-out accuracy")
+    if name == "val":
+        return (f"{where}: a val/ folder; if this run used it to select the model, the figure "
+                "is optimistic")
+    return (f"{where}: not the flat folder this run was trained on, as far as its seeded split "
+            "tells; if any of these images trained the model, this is not held-out accuracy")
+
+
+def evaluate_folder(session: Session, classes: Sequence[str], data: str | Path,
+                    held: HeldOut | None = None) -> dict[str, Any]:
+    """Accuracy and loss on a labelled folder; ``skipped`` counts unusable images, ``scored``
+    says which images were scored. ``DATA/test`` when there is one; for the flat folder a run
+    was trained on (``held``), only the images that run held out; any other flat folder whole,
+    saying that images which trained the model would make it no held-out accuracy. A folder
+    without one usable image is a ``DataError``, never a NaN accuracy."""
+    folder = Path(data)
+    samples = folder_samples(classes, folder)
+    if (folder / "test").is_dir():
+        scored = f"every image in {str(folder / 'test')!r}"
+    else:
+        found = _held_out(classes, folder, held)
+        samples, scored = found if found is not None else (samples, _caveat(folder))
+    if not samples:
+        raise DataError(f"no images in the class folders of {str(folder)!r}",
+                        "pass a folder with images in one sub-folder per class")
     result: dict[str, Any] = session.score(samples)
     result["skipped"] = len(samples) - int(result["n"])
+    if not result["n"]:
+        first = samples[0].path
+        raise DataError(f"none of the {len(samples)} images in {str(folder)!r} could be used "
+                        f"(e.g. {first}: {session.skipped.get(first, 'not decodable')})",
+                        "fix or replace the images")
+    result["scored"] = scored
     return result
 
 
@@ -52,11 +132,20 @@ def _paths(inputs: Sequence[str | Path] | str | Path) -> list[str]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            paths += [str(f) for f in list_images(p)]
+            skipped: list[Skipped] = []
+            found = [str(f) for f in list_images(p, skipped)]
+            if not found:
+                other = f" ({len(skipped)} other files, e.g. {skipped[0].path}: " \
+                        f"{skipped[0].reason})" if skipped else ""
+                raise DataError(f"no image files in {str(p)!r}{other}",
+                                "pass image files or folders that hold some (.jpg, .png, ...)")
+            paths += found
         elif p.exists():
             paths.append(str(p))
         else:
             raise DataError(f"{str(p)!r} does not exist", "check the path")
+    if not paths:
+        raise DataError("no images to predict", "pass image files or folders of images")
     return paths
 
 
@@ -78,7 +167,7 @@ def predict_paths(session: Session, classes: Sequence[str],
     out = []
     for path, p in zip(paths, probs):
         if np.isnan(p).any():
-            out.append({"path": path, "error": "cannot decode image"})
+            out.append({"path": path, "error": session.skipped.get(path, "cannot decode image")})
             continue
         top = top_classes(p, classes, k)
         out.append({"path": path, "label": top[0]["label"], "prob": top[0]["prob"],
@@ -140,7 +229,18 @@ def doctor(session: Session, classes: Sequence[str], data: str | Path,
 
     with _on_device(session) as to:
         batches = _train_batches(session, classes, data, batch_size, to)
-        return diagnose(session.model, batches).as_dict()
+        report = diagnose(session.model, batches).as_dict()
+    if not report["eval_mode"].get("n"):
+        raise _nothing_usable(session, data)
+    return report
+
+
+def _nothing_usable(session: Session, data: str | Path) -> DataError:
+    """The error of a command that found no usable image in DATA (instead of a NaN result)."""
+    example = next(iter(session.skipped.items()), None)
+    return DataError(f"no image in {str(data)!r} could be used"
+                     + (f" (e.g. {example[0]}: {example[1]})" if example else ""),
+                     "fix or replace the images")
 
 
 def recalibrate(session: Session, classes: Sequence[str], data: str | Path,
@@ -152,6 +252,8 @@ def recalibrate(session: Session, classes: Sequence[str], data: str | Path,
     with _on_device(session) as to:
         batches = _train_batches(session, classes, data, batch_size, to)
         before = evaluate(session.model, batches)
+        if not before["n"]:  # statistics of no image would break the model
+            raise _nothing_usable(session, data)
         layers = recal(session.model, batches)
         after = evaluate(session.model, batches)
     session.pristine = False

@@ -229,6 +229,9 @@ def load_run(cls: type[C], run_dir: str | Path) -> C:
     clf.pretrained_weights_ = WeightsInfo.from_dict(cfg["weights"])
     clf.bn_ = {k: v for k, v in cfg["bn_policy"].items() if k != "train_bn"}
     clf.trainable_ = cfg.get("trainable", {})
+    splits = cfg.get("splits")
+    clf.split_counts_ = ({k: v for k, v in splits.items() if isinstance(v, int)}
+                         if isinstance(splits, dict) else {})
     clf.session_ = _session_for(clf, model, clf.preprocessing_)
     clf.calibration_ = _calibration(cfg, run)
     clf.session_.temperature = clf.calibration_["temperature"] if clf.calibration_ else 1.0

@@ -22,6 +22,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from graftwork.data.digests import stat_key
 from graftwork.data.preprocess import Preprocessing
 from graftwork.rundir.files import atomic_file
 
@@ -29,7 +30,7 @@ __all__ = ["FeatureCache", "default_cache_dir", "cache_root", "SHARD_ROWS"]
 
 log = logging.getLogger(__name__)
 SHARD_ROWS = 2048
-_VERIFIED: dict[tuple[str, int, int], bytes] = {}  # verified shard -> its row digests
+_VERIFIED: dict[tuple[str, tuple[int, ...]], bytes] = {}  # verified shard -> row digests
 #: Shards that could not be written (a read-only or full cache), per cache folder: kept in
 #: memory for the rest of the process, so every FeatureCache of that folder sees them and the
 #: warning is given once.
@@ -113,12 +114,13 @@ class FeatureCache:
 
     def _verified_digests(self, path: Path) -> bytes:
         """The row digests of a shard whose checksum holds (b"" if it is corrupt); a shard
-        verified earlier in this process (same size and mtime) is not read again."""
+        verified earlier in this process (same stat: inode, size, mtime, ctime) is not read
+        again."""
         try:
             st = path.stat()
         except OSError:
             return b""
-        key = (str(path), st.st_size, st.st_mtime_ns)
+        key = (str(path), stat_key(st))
         raw = _VERIFIED.get(key)
         if raw is None:
             shard = self._read_shard(path)

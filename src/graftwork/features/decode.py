@@ -16,7 +16,34 @@ from torch import nn
 
 from graftwork.data.preprocess import Preprocessing
 
-__all__ = ["FastEvalTransform", "AugmentPixels", "Normalize", "FromPixels", "resize_size"]
+__all__ = ["resize_rule", "FastEvalTransform", "AugmentPixels", "Normalize", "FromPixels", "resize_size"]
+
+
+def resize_rule(pre: Preprocessing) -> dict[str, Any]:
+    """:class:`FastEvalTransform` in words an implementation can follow, exactly (an exported
+    model's ``preprocess.json`` carries it; README's onnxruntime recipe implements it)."""
+    return {
+        "short_side": pre.resize_size,
+        "long_side": "int(short_side * long / short), truncated (torchvision's rule); the "
+                     "image is left as it is when both sides already have their size",
+        "passes": "width first, then height, each only where that side changes; uint8 between "
+                  "and after the passes",
+        "filter": f"{pre.interpolation}, antialiased as Pillow's: support "
+                  "(2 for bicubic, 1 for bilinear) * max(1, in / out), source centre "
+                  "(i + 0.5) * in / out, first tap int(centre - support + 0.5) clipped to 0, "
+                  "taps up to int(centre + support + 0.5) clipped to the side, at most "
+                  "ceil(support) * 2 + 1 of them; bicubic is "
+                  "Keys' kernel with a = -0.5, bilinear the triangle 1 - |x|, evaluated at "
+                  "(j - centre + 0.5) / max(1, in / out)",
+        "fixed_point": "weights of each output divided by their sum, then for the whole pass "
+                       "precision p = the largest p <= 22 with int(0.5 + max_weight * 2^p) "
+                       "< 2^15; weights round(w * 2^p) (halves away from 0); a pixel is "
+                       "(sum(weight * value) + 2^(p-1)) >> p clamped to 0..255 (torch's uint8 "
+                       "antialiased kernel; torchvision resizes bilinear this way on AVX2, AVX512 "
+                       "and arm64 CPUs, elsewhere in float, rounded)",
+        "crop": "a centre crop of image_size: top = int(round((height - image_size) / 2)), "
+                "left = int(round((width - image_size) / 2)) (Python's round: halves to even)",
+    }
 
 
 def resize_size(pre: Preprocessing) -> int:

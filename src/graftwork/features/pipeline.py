@@ -29,9 +29,12 @@ from graftwork.features.decode import FastEvalTransform, FromPixels
 from graftwork.features.engines import Engine, Runner, create_engine
 
 __all__ = ["ExtractResult", "CacheFiller", "extract_features", "default_workers",
-           "bind_backbone", "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated"]
+           "bind_backbone", "bind_pixels", "gated_stream", "IndexBatches", "Gate", "Gated",
+           "parent_alive", "watch_parent", "GATE_POLL_S"]
 
 log = logging.getLogger(__name__)
+#: How often a decode worker waiting at the gate checks that its main process is alive (s).
+GATE_POLL_S = 0.5
 
 
 def default_workers() -> int:
@@ -98,6 +101,7 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: Pr
     if skipped and strict:
         _strict_fail(skipped)
     index = cache.index()
+    n_cached = sum(1 for d in digests if d is not None and d in index)
     first: dict[bytes, int] = {}  # one extraction per distinct file content
     for i, d in enumerate(digests):
         if d is not None and d not in index:
@@ -127,7 +131,7 @@ def extract_features(backbone: Any, samples: Sequence[Sample], preprocessing: Pr
         index = cache.index()
         features = None
         ok = torch.tensor([d is not None and d in index for d in digests], dtype=torch.bool)
-    result = ExtractResult(features, ok, skipped, len(todo) - n_bad, len(samples) - len(todo),
+    result = ExtractResult(features, ok, skipped, len(todo) - n_bad, n_cached,
                            time.perf_counter() - start, used)
     log.info("%s: %d images, %d from cache, %d extracted, %d skipped in %.1fs", desc,
              len(samples), result.cached, result.extracted, len(skipped), result.seconds)
@@ -214,7 +218,7 @@ def gated_stream(dataset: Any, batch_size: int, num_workers: int | None, progres
     loader = torch.utils.data.DataLoader(
         dataset, batch_sampler=IndexBatches(len(dataset), batch_size), num_workers=workers,
         collate_fn=collate_skip, prefetch_factor=4 if workers else None,
-        multiprocessing_context=context)
+        multiprocessing_context=context, worker_init_fn=watch_parent if workers else None)
     batches = None
     try:
         batches = iter(loader)  # workers start decoding while the engine gets ready
@@ -289,10 +293,48 @@ class Gated(torch.utils.data.Dataset):
     def __init__(self, dataset: Any, gate: Any) -> None:
         self.dataset = dataset
         self.gate = gate
+        self.parent = os.getpid()  # made in the main process; items are got in its workers
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> Any:
-        self.gate.wait()
+        # never wait forever: a main process killed (SIGKILL, the OOM killer) while the gate
+        # was closed would leave this worker blocked, holding its memory, for good
+        while not self.gate.wait(GATE_POLL_S):
+            if not parent_alive(self.parent):
+                log.warning("decode worker %d: its main process %d has gone; exiting",
+                            os.getpid(), self.parent)
+                os._exit(1)  # no cleanup to run: nothing here owns files or locks
         return self.dataset[index]
+
+
+def watch_parent(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: a daemon thread in the worker that ends it (within
+    :data:`GATE_POLL_S`) once its main process has gone, wherever the worker is blocked.
+    torch's own check runs only between tasks, every 5 s."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while parent_alive(parent):
+            time.sleep(GATE_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name=f"graftwork-parent-watch-{worker_id}",
+                     daemon=True).start()
+
+
+def parent_alive(parent: int) -> bool:
+    """Whether ``parent`` (the main process that started this worker) is still running: an
+    orphan is re-parented (``os.getppid()`` changes), and multiprocessing's parent sentinel
+    closes when the parent ends."""
+    if os.getpid() == parent:  # not a worker: the caller itself
+        return True
+    if os.getppid() != parent:
+        return False
+    import multiprocessing
+
+    process = multiprocessing.parent_process()
+    return process is None or process.is_alive()

@@ -27,7 +27,8 @@ from graftwork.features.decode import FastEvalTransform
 from graftwork.features.engines import AutoEngine, OnnxEngine, TorchEngine, create_engine
 from graftwork.features.prepared import PreparedBackbone
 from graftwork.features.pipeline import (ExtractResult, Gated, bind_pixels, default_workers,
-                                         extract_features, extract_workers, gated_stream)
+                                         extract_features, extract_workers, gated_stream,
+                                         watch_parent)
 from graftwork.features.views import HFLIP, extract_views
 from graftwork.model.calibration import tta_logits
 from graftwork.model.graft import GraftModel, parameter_counts
@@ -204,11 +205,11 @@ class Session:
         dataset: Any = ImageDataset(samples, transform,
                                     draft_size=self.preprocessing.resize_size)
         workers = workers if len(samples) > batch_size else 0
-        extra: dict[str, Any] = {}
+        extra: dict[str, Any] = {"worker_init_fn": watch_parent} if workers else {}
         if gate is not None and workers:
             workers = extract_workers() if self.options.num_workers is None else workers
             dataset = Gated(dataset, gate.event)
-            extra = {"prefetch_factor": 4, "multiprocessing_context": gate.context}
+            extra.update(prefetch_factor=4, multiprocessing_context=gate.context)
         if generator is not None and self.dist is not None:  # this process's training batches
             order = torch.randperm(len(samples), generator=generator).tolist()
             mine = self.dist.own([order[i:i + batch_size]
@@ -234,7 +235,8 @@ class Session:
         for batch in self.loader(samples, transform, batch_size or self.options.batch_size, generator,
                                  gate):
             self.note_skipped([Skipped(samples[i].path, r) for i, r in batch["failures"]])
-            yield batch["images"], batch["labels"]
+            if len(batch["labels"]):  # a batch of bad files only: nothing to yield
+                yield batch["images"], batch["labels"]
 
     def cache(self) -> FeatureCache:
         """The feature cache of this backbone and preprocessing (also keeps engine exports)."""
