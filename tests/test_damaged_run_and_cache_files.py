@@ -22,6 +22,7 @@ from graftwork.backbones.catalog import create_backbone, register_backbone
 from graftwork.backbones.spec import BackboneSpec
 from graftwork.cli import main
 from tests.cli_runs import CONFIG, MODEL, ok
+from graftwork.data.digests import _RACY_S
 from tests.conftest import make_image_folder
 from tests.test_cli_errors import _friendly_error
 
@@ -53,6 +54,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         data = make_image_folder(tmp / "data", classes=2, counts={"": 6})
         for image in data.rglob("*.png"):  # older than the digest index's "racy" window
             os.utime(image, (time.time() - 60, time.time() - 60))
+        settled = max(image.stat().st_ctime for image in data.rglob("*.png"))  # ctime too
+        time.sleep(max(0.0, settled + _RACY_S + 0.05 - time.time()))
         torch.manual_seed(0)
         weights = tmp / "w.safetensors"
         trunk = create_backbone(NAME, "random").trunk
