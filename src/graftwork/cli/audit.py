@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +11,18 @@ import click
 
 from graftwork.cli.common import _friendly, _progress_bars, _setup_logging
 from graftwork.cli.options import param_option
-from graftwork.errors import DataError, RunDirError
+from graftwork.errors import DataError
+from graftwork.rundir.outdir import check_out_place, ensure_out_dir
 
 __all__ = ["audit"]
 
 
-def _out_dir(out: Path | None, data: Path) -> Path:
-    """``--out`` (default ``audit-<DATA name>`` here), checked and created; never in DATA."""
+def _out_dir(out: Path | None, data: Path, cache_dir: str | None) -> Path:
+    """``--out`` (default ``audit-<DATA name>`` here), checked and created; never in DATA (nor
+    the cache)."""
     out = out if out is not None else Path(f"audit-{data.resolve().name}")
-    real, inside = os.path.realpath(out), os.path.realpath(data)
-    if real == inside or real.startswith(inside.rstrip(os.sep) + os.sep):
-        raise DataError(f"--out {str(out)!r} is inside DATA {str(data)!r}: graftwork never "
-                        "writes into DATA", "choose an --out outside the data folder")
-    if out.exists() and not out.is_dir():
-        raise RunDirError(f"--out {str(out)!r} is a file, not a folder", "choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise RunDirError(f"cannot create {str(out)!r}: {exc.strerror or exc}",
-                          "choose an --out in a folder you can write to") from exc
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot write to {str(out)!r}",
-                          "choose an --out in a folder you can write to, or fix its permissions")
+    check_out_place(out, data, cache_dir)
+    ensure_out_dir(out, "audit folder")
     return out
 
 
@@ -84,7 +73,7 @@ def audit(data: Path, backbone: str, weights: str | None, image_size: int | None
     _setup_logging(verbose, quiet or as_json)
     if not data.is_dir():
         raise DataError(f"folder {str(data)!r} does not exist", "check the path")
-    folder = _out_dir(out, data)
+    folder = _out_dir(out, data, cache_dir)
     result = run_audit(data, backbone=backbone, weights=weights, image_size=image_size,
                        cache_dir=cache_dir, num_workers=num_workers,
                        progress=_progress_bars(quiet or as_json))

@@ -25,24 +25,25 @@ from graftwork.errors import RunBusyError, RunExistsError
 from graftwork.rundir.config import _is_num
 from graftwork.rundir.staging import finish, lock_owner, remove_entry, staging_dirs
 
-__all__ = ["RunLock", "prepare_out", "check_out_place"]
+__all__ = ["RunLock", "prepare_out", "check_out_place", "ensure_out_dir"]
 
 log = logging.getLogger("graftwork.rundir")
 
 
 # ---------------------------------------------------------------------- the writer's lock
-def _ensure_dir(run: Path) -> None:
-    """Create ``run`` or raise ``RunDirError`` saying why it cannot hold a run."""
+def ensure_out_dir(run: Path, what: str = "run folder") -> None:
+    """Create ``--out`` (``run``) or raise ``RunDirError`` saying why graftwork cannot write
+    its files there (``what``: the folder's role, for the message)."""
     if run.exists() and not run.is_dir():
         raise RunDirError(f"--out {str(run)!r} is a file, not a folder",
                           "choose another --out (a folder, new or existing)")
     try:
         run.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise RunDirError(f"cannot create run folder {str(run)!r}: {exc.strerror or exc}",
+        raise RunDirError(f"cannot create {what} {str(run)!r}: {exc.strerror or exc}",
                           "choose an --out in a folder you can write to") from exc
     if not os.access(run, os.W_OK | os.X_OK):
-        raise RunDirError(f"cannot write to run folder {str(run)!r}",
+        raise RunDirError(f"cannot write to {what} {str(run)!r}",
                           "choose an --out in a folder you can write to, or fix its permissions")
 
 
@@ -80,7 +81,7 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock (creating the run folder); ``RunBusyError`` if a live process has it."""
-        _ensure_dir(self.run_dir)
+        ensure_out_dir(self.run_dir)
         owner = {"pid": os.getpid(), "host": socket.gethostname(),
                  "started": dt.datetime.now().astimezone().isoformat(timespec="seconds")}
         self._content = json.dumps(owner).encode("utf-8")
@@ -175,7 +176,7 @@ def prepare_out(run_dir: str | Path, *, overwrite: bool, resume: bool) -> Path:
     (files that are not graftwork's are never touched). ``overwrite`` with ``resume`` continues
     such a replacement that was interrupted. Call it while holding ``RunLock(run_dir)``."""
     run = Path(run_dir)
-    _ensure_dir(run)
+    ensure_out_dir(run)
     _tidy(run)
     staging = run / STAGING_DIR
     interrupted = (staging / CHECKPOINTS_DIR).is_dir()
