@@ -15,7 +15,7 @@ from tests.conftest import make_image_folder
 from tests.test_cli_errors import TRAIN_TINY
 
 __all__ = ["MODEL", "CONFIG", "CLI_TINY", "train_cli", "ok", "shared_run", "copy_run",
-           "corrupt", "interrupt_at"]
+           "corrupt", "interrupt_at", "slow_cli_script"]
 
 MODEL, CONFIG = "model.safetensors", "config.json"
 CLI_TINY = ["--backbone", "test_efficientnet", "--weights", "random", "--image-size", "32",
@@ -68,3 +68,19 @@ def interrupt_at(monkeypatch: pytest.MonkeyPatch, phase: str, epoch: int) -> Non
         return real(model, batches, opt, sched, steps, desc, progress, *rest)
 
     monkeypatch.setattr(training, "_train_epoch", epoch_fn)
+
+
+def slow_cli_script(seconds: float) -> str:
+    """Python source for ``python -c``: the ``graft`` CLI with every training epoch slowed by
+    ``seconds``, so a test can signal a real process mid-training."""
+    return f"""
+import time
+import graftwork.training.loop as t
+real = t._train_epoch
+def slow(*args):
+    time.sleep({seconds})
+    return real(*args)
+t._train_epoch = slow
+from graftwork.cli import main
+main()
+"""

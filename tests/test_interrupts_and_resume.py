@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from graftwork import ImageClassifier
 from graftwork.cli import main
-from tests.cli_runs import CLI_TINY, CONFIG, MODEL, interrupt_at, ok, train_cli
+from tests.cli_runs import (CLI_TINY, CONFIG, MODEL, interrupt_at, ok, slow_cli_script,
+                            train_cli)
 from tests.conftest import TINY, make_image_folder
 from tests.test_cli_errors import _friendly_error
 
@@ -76,17 +77,7 @@ def test_cli_resume_after_interrupt_matches_uninterrupted_run(
         (tmp_path / "full" / "model.safetensors").read_bytes()
 
 
-_SLOW_EPOCHS = """
-import sys, time
-import graftwork.training.loop as t
-real = t._train_epoch
-def slow(*args):
-    time.sleep(0.1)
-    return real(*args)
-t._train_epoch = slow
-from graftwork.cli import main
-main()
-"""
+_SLOW_EPOCHS = slow_cli_script(0.1)
 
 
 def test_killed_cli_run_resumes_to_the_same_result(tiny_data: Path, tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ from click.testing import CliRunner
 from graftwork.cli import main
 from graftwork.rundir import load_config, load_sealed
 from graftwork.rundir.staging import commit
-from tests.cli_runs import CLI_TINY, CONFIG, MODEL, interrupt_at, ok, shared_run, train_cli
+from tests.cli_runs import (CLI_TINY, CONFIG, MODEL, interrupt_at, ok, shared_run,
+                            slow_cli_script, train_cli)
 from tests.conftest import REPO
 from tests.test_cli_errors import _friendly_error
 
@@ -142,17 +143,7 @@ def test_commit_order_model_then_config(tmp_path: Path) -> None:
     assert not staging.exists()
 
 
-_SLOW = """
-import sys, time
-import graftwork.training.loop as t
-real = t._train_epoch
-def slow(*args):
-    time.sleep(0.3)
-    return real(*args)
-t._train_epoch = slow
-from graftwork.cli import main
-main()
-"""
+_SLOW = slow_cli_script(0.3)
 
 
 def test_sigterm_is_handled_like_ctrl_c(shared: dict[str, Path], tmp_path: Path) -> None:
