@@ -66,6 +66,13 @@ def cache_dir(tmp_path: Path) -> str:
     return str(tmp_path / "cache")
 
 
+@pytest.fixture()
+def torch_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eager torch extraction: no per-test ONNX export (the engines agree, tested elsewhere).
+    A module opts in with ``pytestmark = pytest.mark.usefixtures("torch_engine")``."""
+    monkeypatch.setenv("GRAFT_ENGINE", "torch")
+
+
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests never touch the network (and never wait for it)."""

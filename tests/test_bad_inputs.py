@@ -20,10 +20,7 @@ from tests.test_cli_errors import _friendly_error
 from tests.test_data import bad_files, odd_good_files
 
 
-@pytest.fixture(autouse=True)
-def _torch_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Eager torch extraction: no per-test ONNX export (the engines agree, tested elsewhere)."""
-    monkeypatch.setenv("GRAFT_ENGINE", "torch")
+pytestmark = pytest.mark.usefixtures("torch_engine")  # eager torch: no ONNX export per test
 
 
 def messy_folder(root: Path) -> tuple[Path, dict[str, str]]:

@@ -19,10 +19,7 @@ from tests.conftest import TINY, EvilPickle
 from tests.test_cli_errors import _friendly_error
 
 
-@pytest.fixture(autouse=True)
-def _torch_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Eager torch extraction: no per-test ONNX export (the engines agree, tested elsewhere)."""
-    monkeypatch.setenv("GRAFT_ENGINE", "torch")
+pytestmark = pytest.mark.usefixtures("torch_engine")  # eager torch: no ONNX export per test
 
 
 @pytest.fixture(scope="module")

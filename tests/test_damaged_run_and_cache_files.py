@@ -30,9 +30,7 @@ NAME = "tiny_hostile"  # registered, with weights from a file: its prepared reco
 register_backbone(BackboneSpec(name=NAME, arch="test_efficientnet", input_size=32))
 
 
-@pytest.fixture(autouse=True)
-def _torch_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRAFT_ENGINE", "torch")
+pytestmark = pytest.mark.usefixtures("torch_engine")  # eager torch: no ONNX export per test
 
 
 def _train(data: Path, out: Path, cache: Path, weights: Path, *extra: str) -> Result:

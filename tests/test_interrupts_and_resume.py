@@ -18,10 +18,7 @@ from tests.conftest import TINY, make_image_folder
 from tests.test_cli_errors import _friendly_error
 
 
-@pytest.fixture(autouse=True)
-def _torch_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Eager torch extraction: no per-test ONNX export (the engines agree, tested elsewhere)."""
-    monkeypatch.setenv("GRAFT_ENGINE", "torch")
+pytestmark = pytest.mark.usefixtures("torch_engine")  # eager torch: no ONNX export per test
 
 
 def _same_state(a: ImageClassifier, b: ImageClassifier) -> bool:

@@ -25,9 +25,7 @@ from tests.conftest import REPO
 from tests.test_cli_errors import _friendly_error
 
 
-@pytest.fixture(autouse=True)
-def _torch_engine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("GRAFT_ENGINE", "torch")
+pytestmark = pytest.mark.usefixtures("torch_engine")  # eager torch: no ONNX export per test
 
 
 @pytest.fixture(scope="module")
