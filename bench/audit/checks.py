@@ -5,8 +5,9 @@ Inputs: ``features`` (n, d) float32 pooled backbone features, ``labels`` (n,) in
 decoded RGB pixels + shape) and ``thumbs`` (n, 32, 32) float32 grayscale thumbnails (area
 averaged from the decoded image). Outputs are plain lists of dicts, indices into the arrays.
 
-Nothing here builds an n x n matrix: neighbours come from a k-NN index (sklearn's
-NearestNeighbors, brute force in blocks; faiss-cpu IndexFlatIP where installed and n is large).
+Nothing here builds an n x n matrix: neighbours come from graftwork's k-NN index
+(``graftwork.datacheck.inputs.knn``); the shared pieces (unit rows, thumbnail vectors,
+union-find) are the product's, the variants swept in docs/audit-research.md are here.
 """
 from __future__ import annotations
 
@@ -15,46 +16,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from graftwork.datacheck.duplicates import _thumb_vectors, _Union
+from graftwork.datacheck.inputs import knn
+from graftwork.datacheck.inputs import unit as _l2n
+
 __all__ = ["label_issues", "duplicate_groups", "outliers", "knn"]
-
-
-# ----------------------------------------------------------------------------- helpers
-def _l2n(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-
-
-def knn(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine similarities, indices) of the k nearest other rows of unit-norm ``z``."""
-    k = min(k, len(z) - 1)
-    try:
-        import faiss  # type: ignore
-
-        index = faiss.IndexFlatIP(z.shape[1])
-        index.add(np.ascontiguousarray(z, dtype=np.float32))
-        sim, ind = index.search(np.ascontiguousarray(z, dtype=np.float32), k + 1)
-    except ImportError:
-        from sklearn.neighbors import NearestNeighbors
-
-        dist, ind = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
-        sim = 1 - dist ** 2 / 2
-    # drop each row itself (it may not be first when exact copies tie)
-    out_s = np.empty((len(z), k), np.float32)
-    out_i = np.empty((len(z), k), np.int64)
-    for r in range(len(z)):
-        m = ind[r] != r
-        out_i[r] = ind[r][m][:k]
-        out_s[r] = sim[r][m][:k]
-    return out_s, out_i
-
-
-def _thumb_vectors(thumbs: np.ndarray, side: int) -> np.ndarray:
-    """Zero-mean, unit-norm vectors of the thumbnails area-averaged to ``side`` px (brightness
-    and contrast changes drop out; blur, JPEG and small shifts mostly do at low resolution)."""
-    n, s, _ = thumbs.shape
-    f = s // side
-    t = thumbs.reshape(n, side, f, side, f).mean((2, 4)).reshape(n, -1)
-    return _l2n(t - t.mean(1, keepdims=True))
 
 
 # ----------------------------------------------------------------------------- label issues
@@ -121,22 +87,6 @@ def label_issues(features: np.ndarray, labels: np.ndarray, *, folds: int = 5, C:
 
 
 # ----------------------------------------------------------------------------- duplicates
-class _Union:
-    def __init__(self, n: int):
-        self.p = list(range(n))
-
-    def find(self, a: int) -> int:
-        while self.p[a] != a:
-            self.p[a] = self.p[self.p[a]]
-            a = self.p[a]
-        return a
-
-    def union(self, a: int, b: int) -> None:
-        a, b = self.find(a), self.find(b)
-        if a != b:
-            self.p[max(a, b)] = min(a, b)
-
-
 def _exact_groups(keys: Sequence[Any]) -> list[list[int]]:
     by: dict[Any, list[int]] = defaultdict(list)
     for i, k in enumerate(keys):
