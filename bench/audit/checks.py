@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from graftwork.datacheck.duplicates import _thumb_vectors, _Union
+from graftwork.datacheck.duplicates import _pair_scores, _thumb_vectors, _Union
 from graftwork.datacheck.inputs import knn
 from graftwork.datacheck.inputs import unit as _l2n
 
@@ -134,24 +134,7 @@ def duplicate_groups(features: np.ndarray, thumbs: np.ndarray, file_digests: Seq
                 cand.add((min(r, int(j)), max(r, int(j))))
     pairs = np.array(sorted(cand), dtype=np.int64).reshape(-1, 2)
     a, b = pairs[:, 0], pairs[:, 1]
-    score = np.zeros(len(pairs))
-    for z in signals:
-        sim = np.einsum("ij,ij->i", z[a], z[b])
-        best = np.full((m, 2), -2.0)  # best and second best similarity of each image
-        for u, v, s in zip(np.r_[a, b], np.r_[b, a], np.r_[sim, sim]):
-            if s > best[u, 0]:
-                best[u, 1] = best[u, 0]
-                best[u, 0] = s
-            elif s > best[u, 1]:
-                best[u, 1] = s
-
-        def other(u: np.ndarray, s: np.ndarray) -> np.ndarray:
-            return np.where(s >= best[u, 0] - 1e-7, best[u, 1], best[u, 0])
-
-        eps = 1e-4
-        ra = (1 - other(a, sim) + eps) / (1 - sim + eps)
-        rb = (1 - other(b, sim) + eps) / (1 - sim + eps)
-        score += np.log(np.minimum(ra, rb))
+    score = _pair_scores(signals, pairs, m)
     near_uf = _Union(m)
     linked = score >= threshold
     for (x, y), s in zip(pairs[linked], score[linked]):
