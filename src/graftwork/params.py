@@ -256,6 +256,8 @@ PARAMS: dict[str, ParamSpec] = {s.name: s for s in (
     _opt("no_recalibrate", "flag", False, "Skip BN recalibration after training."),
     _opt("tta", "flag", False, "Average each image's and its mirror's probabilities."),
     _opt("calibrate", "flag", False, "Fit a softmax temperature on validation."),
+    _opt("refit", "flag", False, "Once validation has chosen the model, train it again on "
+         "train + val (same settings, the chosen epochs)."),
     _opt("strict", "flag", False, "Any bad image is an error."),
     _opt("report", "bool", True, "Write report.html.", off="--no-report"),
     _opt("quiet", "flag", False, "Warnings only (progress bars show on a terminal, else a line "

@@ -102,6 +102,7 @@ def _skip_final_gc() -> None:
 @param_option("tta")
 @param_option("class_weights")
 @param_option("calibrate")
+@param_option("refit")
 @param_option("val_fraction")
 @param_option("test_fraction")
 @param_option("seed")
@@ -262,6 +263,8 @@ def final_summary(clf: Any, out: Path) -> str:
     if keep.get("kept"):
         lines.append(f"kept model: {keep['kept']} (a costlier rung is kept only when it is "
                      "significantly better on the validation images)")
+    if (m.get("refit") or {}).get("text"):
+        lines.append(m["refit"]["text"])
     val, test = m.get("val", {}), m.get("test", {})
     for name, score in (("val accuracy ", val), ("test accuracy", test)):
         if score:

@@ -55,7 +55,10 @@ class ImageClassifier(ParamsMixin):
     (``extract``: K augmented views of every training image as extra cached features),
     ``tta`` (average each image's and its mirror image's probabilities), ``class_weights``
     (None, ``"auto"`` inverse frequency, or {class: weight}), ``calibrate`` (temperature
-    scaling on the validation split; ``calibration_`` and ``metrics_["calibration"]``).
+    scaling on the validation split; ``calibration_`` and ``metrics_["calibration"]``),
+    ``refit`` (once the validation images have chosen the model, train its configuration
+    again on train + val: ``refit_``, ``metrics_["refit"]``; see
+    :mod:`graftwork.estimator.refit`).
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", strategy: str = "extract", *,
@@ -69,6 +72,7 @@ class ImageClassifier(ParamsMixin):
                  augment: AugmentConfig | None = AugmentConfig(), recalibrate: bool = True,
                  augment_policy: str = "mild", aug_views: int = 0, tta: bool = False,
                  class_weights: str | dict[str, float] | None = None, calibrate: bool = False,
+                 refit: bool = False,
                  val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0,
                  device: str = "auto", precision: str = "auto", engine: str = "auto",
                  cache_dir: str | None = None, num_workers: int | None = None,
@@ -100,6 +104,7 @@ class ImageClassifier(ParamsMixin):
         self.tta = tta
         self.class_weights = class_weights
         self.calibrate = calibrate
+        self.refit = refit
         self.val_fraction = val_fraction
         self.test_fraction = test_fraction
         self.seed = seed

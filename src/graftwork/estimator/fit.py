@@ -22,6 +22,7 @@ from graftwork.data.transforms import eval_transform
 from graftwork.errors import DataError
 from graftwork.estimator.base import ParamsMixin
 from graftwork.estimator.persist import learned_settings
+from graftwork.estimator.refit import refit, starting_backbone
 from graftwork.features.cache import cache_root
 from graftwork.features.open import open_features
 from graftwork.features.session import RunOptions, Session
@@ -85,6 +86,10 @@ def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], 
     clf.classes_, clf.splits_, clf.session_ = splits.classes, splits, session
     clf.pretrained_weights_, clf.preprocessing_ = source.backbone.weights, source.preprocessing
     sequence = params["strategy"] in SEQUENCES
+    refitting = bool(params.get("refit")) and bool(splits.val)
+    if params.get("refit") and not splits.val:
+        log.warning("refit: no validation images to add to training; the model is not refit")
+    start = starting_backbone(ctx) if refitting else None
     climbed = climb(phases, ctx, sequence=sequence,
                     test=lambda: session.score(splits.test) if splits.test else {})
     clf.phases_, clf.trainable_ = climbed.rows, climbed.trainable
@@ -94,6 +99,13 @@ def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], 
         clf.best_phase_ = climbed.kept.phase
         clf.keep_ = {"kept": climbed.kept.phase, "rule": KEEP_RULE,
                      "decisions": [{k: v for k, v in d.items()} for d in climbed.decisions]}
+    clf.refit_ = None
+    if refitting:
+        val_before = session.score(splits.val)
+        clf.refit_ = {**refit(ctx, phases, climbed, sequence=sequence, backbone=start),
+                      "val_before_refit": val_before}
+        splits = Splits(splits.classes, [*splits.train, *splits.val], [], splits.test,
+                        splits.skipped, splits.explicit)  # BN recalibration sees them all
     clf.history_ = history.rows
     clf.head_ = dict(session.head_spec)
     clf.extract_stats_ = session.extract_stats
@@ -102,6 +114,8 @@ def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], 
     session.eval()
     calibration = calibrate_if_asked(clf, session, splits, params)
     clf.metrics_ = _final_metrics(clf, session, splits, time.perf_counter() - t0)
+    if clf.refit_:  # validation accuracy as measured before the refit trained on those images
+        clf.metrics_.update(val=clf.refit_["val_before_refit"], refit=clf.refit_)
     if calibration:
         clf.metrics_["calibration"] = calibration
 

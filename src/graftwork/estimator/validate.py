@@ -26,6 +26,9 @@ def validate_params(params: dict[str, Any]) -> list[Phase]:
     if not (weights is None or weights == "auto" or isinstance(weights, dict)):
         raise ConfigError(f"class_weights={weights!r} must be None, 'auto' or a mapping of "
                           "class name to weight", """pass --class-weights auto or '{"cat": 2}'""")
+    if params.get("refit") and params.get("calibrate"):
+        raise ConfigError("calibrate fits its temperature on the validation images, which refit "
+                          "then trains on", "drop --calibrate or --refit")
     unfreeze = params["unfreeze"]
     if unfreeze not in ("all", "auto") and (not isinstance(unfreeze, int)
                                             or isinstance(unfreeze, bool) or unfreeze < 0):

@@ -105,6 +105,7 @@ class PhaseContext:
     runtime: Runtime | None = None  # device and precision of phases that run the network
     class_weights: tuple[float, ...] | None = None  # loss weight per class (None: all 1)
     dist: Any = None  # graftwork.distributed.Distributed when several processes train
+    refit: bool = False  # retraining a chosen configuration: all its epochs, the last kept
 
     def checkpoint(self, phase: str) -> Path | None:
         if self.checkpoint_dir is None:
@@ -211,7 +212,8 @@ class Phase:
                                       "settings": cfg.as_dict()},
                          runtime=ctx.runtime if self.needs_network and plan.runtime else None,
                          dist=ctx.dist if self.needs_network else None,
-                         keep_start=ctx.previous is not None)
+                         keep_start=ctx.previous is not None and not ctx.refit,
+                         keep_last=ctx.refit)
         if self.needs_network and ctx.session.network_built:
             ctx.session.model.to("cpu")  # saved, evaluated and exported from the CPU
         return result, cfg, counts

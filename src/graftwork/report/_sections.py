@@ -21,14 +21,17 @@ _INTERVALS = {"best_val_accuracy": ("val_accuracy_ci", "val_n"),
 
 def _keep_note(run: Run) -> str:
     """Which rung was kept and why: each decision of the keep rule, with its numbers."""
+    refit = run.metrics.get("refit")
+    refit_note = (f"<p>{_e(str(refit['text']))}.</p>"
+                  if isinstance(refit, Mapping) and refit.get("text") else "")
     keep = run.metrics.get("keep")
     if not isinstance(keep, Mapping) or not keep.get("kept"):
-        return ""
+        return refit_note
     decisions = [d for d in keep.get("decisions") or [] if isinstance(d, Mapping)]
     items = "".join(f"<li>{_e(str(d.get('text', '')))}</li>" for d in decisions[1:])
     return (f"<p>Kept model: <b>{_e(str(keep['kept']))}</b>. Rule: {_e(str(keep.get('rule')))}"
             " (a difference of a few images is noise; the cheaper rung stays).</p>"
-            + (f"<ul>{items}</ul>" if items else ""))
+            + (f"<ul>{items}</ul>" if items else "") + refit_note)
 
 
 def ladder_section(run: Run) -> str:

@@ -234,7 +234,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
         phase: str = "train", progress: bool = True, checkpoint: Path | None = None,
         resume: bool = False, callbacks: Sequence[Callback] = (),
         fingerprint: dict[str, Any] | None = None, runtime: Runtime | None = None,
-        dist: Any = None, keep_start: bool = False) -> FitResult:
+        dist: Any = None, keep_start: bool = False, keep_last: bool = False) -> FitResult:
     """Train ``model``; keep the best-validation weights; stop after ``patience`` bad epochs.
 
     ``train_batches(generator)`` yields one epoch of (inputs, labels), shuffled by the seeded
@@ -249,6 +249,8 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
     With ``keep_start`` (a warm-started model) and validation, the starting weights compete as
     epoch 0: when no epoch beats them on validation they are what ``fit`` leaves in ``model``
     (``best_epoch == 0``), so training never ends worse on validation than it started.
+    With ``keep_last`` (a refit: a known number of epochs, nothing held out to choose by) every
+    epoch runs and the last epoch's weights are kept.
     """
     groups = param_groups or [{"params": [p for p in model.parameters() if p.requires_grad]}]
     opt = make_optimizer(cfg.optimizer, groups, cfg.lr, cfg.weight_decay)
@@ -282,7 +284,7 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
     if dist is not None:
         steps_per_epoch = -(-steps_per_epoch // dist.world)
     for epoch in range(start_epoch, cfg.epochs + 1):
-        if bad_epochs >= cfg.patience:
+        if bad_epochs >= cfg.patience and not keep_last:
             result.stopped_early = True
             break
         gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
@@ -316,7 +318,9 @@ def fit(model: nn.Module, train_batches: Callable[[torch.Generator], Batches],
                              "best_val": result.best_val, "epoch": epoch, "bad_epochs": bad_epochs,
                              "elapsed": time.perf_counter() - t0,
                              "fingerprint": fingerprint or {}}, checkpoint)
-    if result.best_state is not None:
+    if keep_last:
+        result.best_epoch, result.best_state = len(result.history), None
+    elif result.best_state is not None:
         model.load_state_dict(result.best_state)
     if keep_start and result.best_epoch == 0 and result.best_val:
         log.info("%s: no epoch beat the starting weights on validation (accuracy %.4f): "
