@@ -16,7 +16,7 @@ from graftwork.cli import main
 from graftwork.phases import (PHASES, SEQUENCES, Phase, PhaseContext, PhaseDefaults, PhasePlan,
                               register_phase, register_strategy, strategy_names)
 from graftwork.training.loop import evaluate, tensor_batches
-from tests.conftest import TINY
+from tests.conftest import TINY, make_image_folder
 
 
 # ------------------------------------------------------------------ scikit-learn contract
@@ -209,28 +209,48 @@ def test_device_option_on_commands_that_run_a_saved_model(tiny_data: Path, cache
             assert gpu.exit_code == 2 and "--device" in gpu.stderr
 
 
-def test_head_auto_chooses_on_validation_and_saves_the_choice(tiny_data: Path, cache_dir: str,
-                                                              tmp_path: Path) -> None:
+@pytest.mark.parametrize("val,chosen_by,n", [(20, "validation", 60),
+                                             (4, "cross-validation", 36)])
+def test_head_auto_chooses_on_validation_and_saves_the_choice(
+        val: int, chosen_by: str, n: int, cache_dir: str, tmp_path: Path) -> None:
+    """With 20 validation images per class the heads are compared on them; with fewer, on
+    every train + val image scored out of fold (5-fold cross-validation)."""
     from graftwork.model.heads import HEAD_CANDIDATES
 
-    clf = ImageClassifier(**TINY, head="auto", epochs=5, cache_dir=cache_dir).fit(tiny_data)
+    data = make_image_folder(tmp_path / "data", counts={"train": 8, "val": val, "test": 4})
+    clf = ImageClassifier(**TINY, head="auto", epochs=5, cache_dir=cache_dir).fit(data)
     spec = clf.head_
-    assert spec["chosen_by"] == "validation" and len(spec["candidates"]) == len(HEAD_CANDIDATES)
-    chosen = 0  # the first head, replaced only by one significantly better on validation
+    assert spec["chosen_by"] == chosen_by and len(spec["candidates"]) == len(HEAD_CANDIDATES)
+    chosen = 0  # the first head, replaced only by one significantly better on those images
     for i, cand in enumerate(spec["candidates"][1:], start=1):
-        assert cand["vs_kept"]["against"] == chosen and cand["vs_kept"]["n"] == 12
+        assert cand["vs_kept"]["against"] == chosen and cand["vs_kept"]["n"] == n
         chosen = i if cand["vs_kept"]["better"] else chosen
     assert HEAD_CANDIDATES[chosen].as_dict() == {k: spec[k] for k in
                                                  ("kind", "hidden", "dropout", "weight_decay")}
-    best = spec["candidates"][chosen]["val_accuracy"]
-    assert clf.phases_[0]["best_val_accuracy"] == best  # the chosen head, trained again
+    if chosen_by == "validation":
+        best = spec["candidates"][chosen]["val_accuracy"]
+        assert clf.phases_[0]["best_val_accuracy"] == best  # the chosen head, trained again
     assert clf.phase_configs_["extract"].weight_decay == spec["weight_decay"]
     assert clf.phase_options is None  # the choice's settings do not leak into the parameters
     assert [r["epoch"] for r in clf.history_] == list(range(1, len(clf.history_) + 1))
+    assert clf.splits_.counts() == {"train": 24, "val": 3 * val, "test": 12}
     loaded = ImageClassifier.load(clf.save(tmp_path / "run"))
     assert loaded.config()["head"]["kind"] == spec["kind"]
-    np.testing.assert_allclose(loaded.predict_proba(tiny_data / "test"),
-                               clf.predict_proba(tiny_data / "test"), atol=1e-4)
+    np.testing.assert_allclose(loaded.predict_proba(data / "test"),
+                               clf.predict_proba(data / "test"), atol=1e-4)
+
+
+def test_stratified_folds_hold_each_image_once_and_each_class_in_proportion() -> None:
+    from graftwork.phases.extract import stratified_folds
+
+    labels = [0] * 10 + [1] * 5 + [2] * 7
+    folds = stratified_folds(labels, 5, seed=3)
+    held = sorted(j for _, h in folds for j in h)
+    assert held == list(range(len(labels)))
+    for train, h in folds:
+        assert sorted(train + h) == list(range(len(labels)))
+        assert [labels[j] for j in h].count(0) == 2 and [labels[j] for j in h].count(1) == 1
+    assert stratified_folds(labels, 5, seed=3) == folds != stratified_folds(labels, 5, seed=4)
 
 
 class Sabotage(Phase):

@@ -3,7 +3,7 @@ on the features. No network is built when every feature is already cached."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -16,9 +16,27 @@ from graftwork.phases.base import (Phase, PhaseContext, PhaseDefaults, PhasePlan
 from graftwork.training.loop import TrainConfig, evaluate, tensor_batches, torch_threads
 from graftwork.training.metrics import paired
 
-__all__ = ["Extract", "augmented_views"]
+__all__ = ["Extract", "augmented_views", "stratified_folds", "CV_BELOW", "CV_FOLDS"]
 
 log = logging.getLogger(__name__)
+
+#: ``head="auto"`` cross-validates on train + val below this many validation images per class
+CV_BELOW = 20
+CV_FOLDS = 5
+
+
+def stratified_folds(labels: Sequence[int], k: int, seed: int
+                     ) -> list[tuple[list[int], list[int]]]:
+    """``k`` (train indices, held-out indices) pairs: each class's indices shuffled (seeded)
+    and dealt round-robin, so every fold holds each class in proportion."""
+    gen = torch.Generator().manual_seed(seed)
+    fold_of = [0] * len(labels)
+    for c in sorted(set(labels)):
+        members = [i for i, y in enumerate(labels) if y == c]
+        for rank, pos in enumerate(torch.randperm(len(members), generator=gen).tolist()):
+            fold_of[members[pos]] = rank % k
+    return [([i for i in range(len(labels)) if fold_of[i] != f],
+             [i for i in range(len(labels)) if fold_of[i] == f]) for f in range(k)]
 
 
 def augmented_views(ctx: PhaseContext, views: int, x: torch.Tensor, y: torch.Tensor
@@ -83,38 +101,53 @@ class Extract(Phase):
     def _choose_head(self, ctx: PhaseContext) -> None:
         """``head="auto"``: train each of ``HEAD_CANDIDATES`` on the cached features (quietly,
         no checkpoints); a later candidate replaces the one kept so far (the first: the classic
-        head) only when it is significantly better on the validation images, the ladder's rule
-        (:func:`graftwork.training.metrics.paired`). The chosen head is then trained again as
-        the phase itself (same seed: the same weights), so history and checkpoints are the
-        chosen head's alone."""
-        s = ctx.session
-        if not ctx.splits.val:
+        head) only when it is significantly better on the same images, the ladder's rule
+        (:func:`graftwork.training.metrics.paired`). Those images are the validation split, or,
+        when it holds fewer than ``CV_BELOW`` images per class (too few to tell heads apart),
+        every train + val image scored out of fold (``CV_FOLDS``-fold cross-validation on the
+        cached features). The chosen head is then trained again as the phase itself (same
+        seed: the same weights), so history and checkpoints are the chosen head's alone."""
+        s, splits = ctx.session, ctx.splits
+        if not splits.val:
             log.warning("head=auto needs a validation split: using the mlp head")
             return
         quiet = replace(ctx, callbacks=[], checkpoint_dir=None)
-        xv, yv = s.features(ctx.splits.val, "features val")
+        cv = len(splits.val) < CV_BELOW * len(splits.classes)
+        pool = [*splits.train, *splits.val] if cv else list(splits.val)
+        folds = ([([pool[j] for j in tr], held) for tr, held in
+                  stratified_folds([smp.label for smp in pool], CV_FOLDS,
+                                   ctx.params.get("seed", 0))]
+                 if cv else [(list(splits.train), list(range(len(pool))))])
         tried: list[dict[str, Any]] = []
         hits: list[tuple[bool, ...]] = []
         best = 0
         for i, choice in enumerate(HEAD_CANDIDATES):
-            s.set_head(self._head(ctx, choice))
-            result, _, _ = super().run(replace(quiet, params=self._params(ctx, choice)))
-            s.head.eval()
-            with torch.inference_mode():
-                hits.append(tuple((s.head(xv).argmax(1) == yv).tolist()))
-            tried.append({**choice.as_dict(), **{f"val_{k}": v for k, v in
-                                                  (result.best_val or {}).items()}})
+            right = [False] * len(pool)
+            for train, held in folds:
+                fold = replace(splits, train=train, val=[pool[j] for j in held], test=[])
+                s.set_head(self._head(ctx, choice))
+                result, _, _ = super().run(replace(quiet, splits=fold,
+                                                   params=self._params(ctx, choice)))
+                xv, yv = s.features(fold.val, "features val")
+                s.head.eval()
+                with torch.inference_mode():
+                    for j, ok in zip(held, (s.head(xv).argmax(1) == yv).tolist()):
+                        right[j] = ok
+            hits.append(tuple(right))
+            tried.append({**choice.as_dict(), "val_accuracy": sum(right) / len(right)})
             if i:
                 test = paired(hits[i], hits[best])
                 tried[i]["vs_kept"] = {"against": best, **test.as_dict()}
                 best = i if test.better else best
         choice = HEAD_CANDIDATES[best]
-        log.info("head=auto: %s (validation accuracy %.4f; a head replaces the first only "
-                 "when significantly better on the validation images)", choice,
-                 tried[best].get("val_accuracy", float("nan")))
+        how = (f"{CV_FOLDS}-fold cross-validation on train + val ({len(pool)} images; "
+               f"fewer than {CV_BELOW} validation images per class)" if cv else "validation")
+        log.info("head=auto: %s (accuracy %.4f by %s; a head replaces the first only when "
+                 "significantly better)", choice, tried[best]["val_accuracy"], how)
         s.set_head(self._head(ctx, choice))
         s.head_spec = {"kind": choice.kind, "hidden": choice.hidden, "dropout": choice.dropout,
-                       "weight_decay": choice.weight_decay, "chosen_by": "validation",
+                       "weight_decay": choice.weight_decay,
+                       "chosen_by": "cross-validation" if cv else "validation",
                        "candidates": tried}
         ctx.params = self._params(ctx, choice)
 
