@@ -10,11 +10,11 @@ An image is listed when both give its label less than chance (1/K), ranked by cl
 self-confidence (the heads' probability of the given label; lower = more likely wrong). Classes
 that merely look alike (shirt / T-shirt / pullover) get low head probabilities but keep some
 neighbours of their own class; a flipped image has none. Measured on planted flips
-(docs/audit-research.md, "Label check, second pass"): recall / precision 0.85-0.94 / 0.78-0.82
-on Fashion-MNIST and 0.72-0.83 / 0.85-0.94 on MNIST, where cleanlab's ``find_label_issues``
-(confident learning) cut at chance gave 0.78-0.85 / 0.63-0.66 and 0.64-0.79 / 0.84-0.89: its
-per-class thresholds over-count look-alike classes and, with soft probabilities, miss a third
-of the flips on MNIST.
+(docs/audit-research.md, "Label check, second pass"; bench/audit/score-labels.txt): recall /
+precision 0.85-0.94 / 0.76-0.82 on Fashion-MNIST and 0.72-0.83 / 0.86-0.94 on MNIST, where
+cleanlab's ``find_label_issues`` (confident learning) cut at chance gave 0.75-0.83 / 0.60-0.65
+and 0.63-0.75 / 0.83-0.92: its per-class thresholds over-count look-alike classes and, with
+the heads' soft probabilities, leave out up to a third of the flips on MNIST.
 """
 from __future__ import annotations
 
