@@ -1,13 +1,20 @@
-"""Likely label errors: out-of-fold probabilities and confident learning (cleanlab).
+"""Likely label errors: two independent judges of each image must both rate its label below chance.
 
-Every image is scored by a head that never saw it (k-fold logistic regression on standardised,
-PCA-reduced backbone features); cleanlab's ``find_label_issues`` (confident learning) flags the
-images whose given label disagrees with them, and ranks them by self-confidence (a second round
-without the first round's flags measured no better: docs/audit-research.md). The list is cut
-to the flags whose given label the heads rate below chance (1/K): cleanlab's own count also
-counts the images of classes that merely look alike, which a person should not relabel
-(docs/audit-research.md: on planted flips this lifts precision from 0.37-0.39 to 0.62-0.64 on
-Fashion-MNIST and from 0.71-0.76 to 0.86-0.92 on MNIST at recall 0.74-0.83).
+1. Out-of-fold heads: every image is scored by logistic regressions that never saw it (k-fold on
+   standardised, PCA-reduced backbone features), averaged over ``SPLITS`` fold splits so the
+   list does not depend on which images happened to share a fold.
+2. Its neighbours: the share of its ``NEIGHBOURS`` nearest images (cosine, backbone features)
+   that carry its label.
+
+An image is listed when both give its label less than chance (1/K), ranked by cleanlab's
+self-confidence (the heads' probability of the given label; lower = more likely wrong). Classes
+that merely look alike (shirt / T-shirt / pullover) get low head probabilities but keep some
+neighbours of their own class; a flipped image has none. Measured on planted flips
+(docs/audit-research.md, "Label check, second pass"; bench/audit/score-labels.txt): recall /
+precision 0.85-0.94 / 0.76-0.82 on Fashion-MNIST and 0.72-0.83 / 0.86-0.94 on MNIST, where
+cleanlab's ``find_label_issues`` (confident learning) cut at chance gave 0.75-0.83 / 0.60-0.65
+and 0.63-0.75 / 0.83-0.92: its per-class thresholds over-count look-alike classes and, with
+the heads' soft probabilities, leave out up to a third of the flips on MNIST.
 """
 from __future__ import annotations
 
@@ -19,11 +26,16 @@ import numpy as np
 from graftwork.datacheck.inputs import AuditInputs
 from graftwork.errors import DataError
 
-__all__ = ["find_label_issues", "oof_probabilities", "MIN_PER_CLASS"]
+__all__ = ["find_label_issues", "oof_probabilities", "neighbour_votes", "MIN_PER_CLASS"]
 
 log = logging.getLogger(__name__)
 
 FOLDS = 5
+#: Fold splits whose out-of-fold probabilities are averaged (each costs one k-fold fit).
+SPLITS = 3
+#: Nearest images whose labels vote (measured on Fashion-MNIST: 15 lets look-alikes through,
+#: 20-40 agree; docs/audit-research.md).
+NEIGHBOURS = 20
 #: Images a class needs for k-fold scoring: every fold must hold one to train on.
 MIN_PER_CLASS = 2
 
@@ -44,9 +56,10 @@ def _folds(labels: np.ndarray, classes: list[str]) -> int:
 
 
 def oof_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, *,
-                      C: float = 0.003, pca: int = 256, seed: int = 0) -> np.ndarray:
+                      C: float = 0.003, pca: int = 256, seed: int = 0,
+                      splits: int = 1) -> np.ndarray:
     """Out-of-fold class probabilities (n, K): each image scored by a logistic regression fitted
-    on the other folds only."""
+    on the other folds only, averaged over ``splits`` fold splits (seeds ``seed``, ``seed+1``...)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -56,16 +69,25 @@ def oof_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, 
     if pca and pca < min(x.shape):
         x = PCA(pca, random_state=seed).fit_transform(x)
     probs = np.zeros((len(labels), n_classes))
-    for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels):
-        model = LogisticRegression(C=C, max_iter=2000).fit(x[tr], labels[tr])
-        probs[np.ix_(te, model.classes_)] = model.predict_proba(x[te])
-    return probs
+    for split in range(splits):
+        kfold = StratifiedKFold(folds, shuffle=True, random_state=seed + split)
+        for tr, te in kfold.split(x, labels):
+            model = LogisticRegression(C=C, max_iter=2000).fit(x[tr], labels[tr])
+            probs[np.ix_(te, model.classes_)] += model.predict_proba(x[te])
+    return probs / splits
+
+
+def neighbour_votes(inputs: AuditInputs, k: int = NEIGHBOURS) -> np.ndarray:
+    """Share of each image's ``k`` nearest other images (fewer in a small set) that carry its
+    label, (n,)."""
+    k = max(1, min(k, len(inputs.labels) - 1))
+    _, ind = inputs.neighbours(k)
+    return (inputs.labels[ind] == inputs.labels[:, None]).mean(axis=1)
 
 
 def find_label_issues(inputs: AuditInputs) -> list[dict[str, Any]]:
     """Likely label errors, most likely first: {path, label, suggested, score} (score:
     cleanlab's self-confidence of the given label, lower = more likely wrong)."""
-    from cleanlab.filter import find_label_issues as flag
     from cleanlab.rank import get_label_quality_scores
     from threadpoolctl import threadpool_limits
 
@@ -74,12 +96,11 @@ def find_label_issues(inputs: AuditInputs) -> list[dict[str, Any]]:
     # one BLAS thread: these small dense problems spend longer in thread barriers than in
     # arithmetic (PCA of 600 x 1280: 0.5 s on one thread, 14 s on two of a busy machine)
     with threadpool_limits(1):
-        probs = oof_probabilities(inputs.features, labels, len(classes), folds)
-        flagged = flag(labels, probs, n_jobs=1)
+        probs = oof_probabilities(inputs.features, labels, len(classes), folds, splits=SPLITS)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     chance = 1.0 / len(classes)
-    ranked = [int(i) for i in np.argsort(quality, kind="stable")
-              if flagged[i] and probs[i, labels[i]] < chance]
+    suspect = (probs[np.arange(len(labels)), labels] < chance) & (neighbour_votes(inputs) < chance)
+    ranked = [int(i) for i in np.argsort(quality, kind="stable") if suspect[i]]
     return [{"path": inputs.paths[i], "label": classes[labels[i]],
              "suggested": classes[int(probs[i].argmax())], "score": round(float(quality[i]), 4)}
             for i in ranked]
