@@ -78,6 +78,9 @@ CONFIGS: list[dict[str, Any]] = [
     # bf16 autocast, which precision="auto" picked on AVX512-BF16 CPUs before it was measured
     # no faster there; run it on such a CPU (elsewhere bf16 is emulated, slowly)
     {"name": "ladder, precision=bf16", "strategy": "ladder", "options": {"precision": "bf16"}},
+    # issue 30: the chosen model trained again on train + val (off by default until it wins)
+    {"name": "extract, refit", "strategy": "extract", "options": {"refit": True}},
+    {"name": "ladder, refit", "strategy": "ladder", "options": {"refit": True}},
 ]
 # The fine-tuning recipe comparisons run only when named (--configs), in runs of their own
 # merged into bench/quality.md (--merge; its Method line lists each run's command): with
@@ -86,7 +89,7 @@ CONFIGS: list[dict[str, Any]] = [
 NAMED_ONLY = {"finetune", "finetune, previous recipe", "finetune, adam 2e-4 no weight decay",
               "finetune, unfreeze=4", "finetune, unfreeze=all", "finetune, unfreeze=6",
               "finetune, lr 2e-4", "finetune, lr 5e-4", "finetune, unfreeze=all, 5 epochs",
-              "ladder, precision=bf16"}
+              "ladder, precision=bf16", "extract, refit", "ladder, refit"}
 
 # Network input size per dataset (the same for all its configs). The sources are 25-28 px;
 # fmnist-2000 and fmnist-400 run at 160 px (the issue's 86.3% baseline was at 224 px, where
@@ -165,7 +168,8 @@ def run_fit(folder: Path, cfg: dict[str, Any], seed: int, image_size: int,
             "test": m.get("test", {}).get("accuracy"),
             "val_ci": m["val"].get("accuracy_ci"), "test_ci": m.get("test", {}).get("accuracy_ci"),
             "test_n": m.get("test", {}).get("n"),
-            "keep": [{k: d.get(k) for k in ("phase", "kept", "wins", "losses", "n", "p_value")}
+            "keep": [{k: d.get(k) for k in ("phase", "against", "kept", "wins", "losses", "n",
+                                            "p_value")}
                      for d in (m.get("keep") or {}).get("decisions", [])],
             "seconds": round(time.perf_counter() - t0, 2),
             "cpu_s": round(cpu_seconds() - c0, 2),

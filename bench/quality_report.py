@@ -5,6 +5,8 @@ import math
 import statistics
 from typing import Any
 
+from graftwork.training.metrics import mcnemar_p
+
 BASELINE = "extract"
 LADDER_SKIP = "skipped by the ladder"  # status of a rung the ladder did not run (Phase.skip)
 PHASE_LABEL = {"extract": "ladder: extract rung", "frozen": "ladder: frozen rung",
@@ -207,14 +209,16 @@ def keep_table(fits: list[dict[str, Any]]) -> list[str]:
     """The ladder's kept model against its own extraction rung (same fit, same test images):
     wins/ties/losses over seeds, mean ± std of the test difference, the runs where the kept
     model is worse (and worse by more than one test image), and the mean width of the 95%
-    intervals of the test and validation accuracies. The row "highest validation rung" is the
-    rule before issue 30 (keep the rung with the best validation accuracy) applied to the same
-    rungs: an approximation, as under that rule a later rung may have warm-started elsewhere."""
+    intervals of the test and validation accuracies. The other rows apply earlier rules to the
+    same rungs: McNemar's two-sided test (this round's first rule) from each decision's
+    recorded wins and losses, and the rule before issue 30 (keep the rung with the best
+    validation accuracy): approximations, as under them a later rung may have warm-started
+    elsewhere."""
     ladder = [f for f in fits if f["config"] == "ladder" and f["status"] == "ok"
               and f.get("phases") and "keep" in f]  # (fits of the rule before: no record)
     if not ladder:
         return []
-    kept, old, one, widths, vwidths, picks = [], [], [], [], [], []
+    kept, old, two, one, widths, vwidths, picks = [], [], [], [], [], [], []
     for f in ladder:
         rungs = {p["phase"]: p for p in f["phases"]}
         ex = rungs.get("extract", {}).get("test_accuracy")
@@ -225,6 +229,12 @@ def keep_table(fits: list[dict[str, Any]]) -> list[str]:
         kept.append(f["test"] - ex)
         best = max(f["phases"], key=lambda p: (p["best_val_accuracy"] or -1,))
         old.append(best["test_accuracy"] - ex)
+        sided = "extract"
+        for d in f["keep"][1:]:
+            w, lo = d.get("wins") or 0, d.get("losses") or 0
+            if w > lo and mcnemar_p(w, lo, "two-sided") < 0.05:
+                sided = d["phase"]
+        two.append(rungs.get(sided, {}).get("test_accuracy", ex) - ex)
         picks.append(f.get("best_phase") or "?")
         if f.get("test_ci"):
             widths.append(f["test_ci"][1] - f["test_ci"][0])
@@ -236,8 +246,9 @@ def keep_table(fits: list[dict[str, Any]]) -> list[str]:
     return ["| ladder's model vs its extraction rung (test) | wins/ties/losses | Δ pp, mean ± std "
             "| runs worse | runs worse by > 1 test image |",
             "|---|---|---|---|---|",
-            f"| kept model (this rule: McNemar p < 0.05 on validation) | "
+            f"| kept model (this rule: McNemar one-sided p < 0.05 on validation) | "
             f"{_keep_stats(kept, one)} |",
+            f"| McNemar two-sided p < 0.05 (approximate) | {_keep_stats(two, one)} |",
             f"| highest validation rung (the rule before; approximate) | {_keep_stats(old, one)} |",
             "", f"Kept rung: {counts}. Mean width of the 95% intervals: test "
             f"{_mean_std(widths)} pp, validation {_mean_std(vwidths)} pp."]

@@ -33,8 +33,11 @@ def test_wilson_interval_is_scipys(k: int, n: int) -> None:
 @pytest.mark.parametrize("wins,losses", [(0, 0), (1, 0), (0, 1), (6, 0), (10, 2), (7, 7),
                                          (3, 25), (40, 22)])
 def test_mcnemar_is_scipys_exact_binomial_test(wins: int, losses: int) -> None:
-    expected = binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
-    assert mcnemar_p(wins, losses) == pytest.approx(expected, rel=1e-12)
+    n = wins + losses
+    greater = binomtest(wins, n, alternative="greater").pvalue if n else 1.0
+    both = binomtest(wins, n).pvalue if n else 1.0
+    assert mcnemar_p(wins, losses) == pytest.approx(greater, rel=1e-12)
+    assert mcnemar_p(wins, losses, "two-sided") == pytest.approx(both, rel=1e-12)
 
 
 def test_score_logits_carries_n_and_the_interval() -> None:
@@ -53,10 +56,10 @@ def test_one_image_better_of_100_is_noise_and_keeps_the_cheaper_rung() -> None:
     extract = _rung("extract", [True] * 81 + [False] * 19)
     finetune = _rung("finetune", [True] * 82 + [False] * 18)  # +1 image: 0.82 against 0.81
     d = decide(finetune, extract)
-    assert (d["kept"], d["wins"], d["losses"], d["n"], d["p_value"]) == ("extract", 1, 0, 100, 1.0)
+    assert (d["kept"], d["wins"], d["losses"], d["n"], d["p_value"]) == ("extract", 1, 0, 100, 0.5)
     assert not finetune.beats(extract)
     assert d["diff_ci"][0] < 0 < d["diff_ci"][1]
-    assert "+1 of 100 images" in d["text"] and "p = 1" in d["text"]
+    assert "+1 of 100 images" in d["text"] and "p = 0.5" in d["text"]
     assert d["text"].endswith("kept extract")
 
 
@@ -120,7 +123,7 @@ def test_the_ladder_keeps_extract_when_finetune_is_one_image_better(
     assert out.kept.phase == "extract"
     assert float(session.model.weight.detach()) == 1.0  # extract's weights restored
     assert [d["kept"] for d in out.decisions] == ["extract", "extract"]
-    assert out.rows[1]["vs_kept"] == "+1/100, p=1"
+    assert out.rows[1]["vs_kept"] == "+1/100, p=0.5"
     assert out.rows[1]["val_accuracy_ci"] == pytest.approx(wilson_interval(82, 100), abs=1e-6)
     assert "finetune vs extract: +1 of 100 images" in caplog.text
     assert "kept extract" in caplog.text
@@ -154,3 +157,19 @@ def test_the_keep_decision_is_in_metrics_json_and_the_summary(tiny_data: Path, c
     text = final_summary(clf, tmp_path / "run")
     assert f"kept model: {keep['kept']}" in text
     assert keep["decisions"][2]["text"] in text
+
+
+def test_the_rule_asks_one_sided_whether_the_costlier_rung_is_better() -> None:
+    """The question is directional: a two-sided test at 0.05 is a one-sided one at 0.025 and
+    declined fine-tuning that was 1.8 points better on 1,000 validation images (fmnist-400,
+    56 better, 38 worse: two-sided p = 0.079, one-sided 0.039)."""
+    extract = _rung("extract", [True] * 800 + [True] * 38 + [False] * 56 + [False] * 106)
+    finetune = _rung("finetune", [True] * 800 + [False] * 38 + [True] * 56 + [False] * 106)
+    d = decide(finetune, extract)
+    assert (d["wins"], d["losses"]) == (56, 38)
+    assert d["p_value"] == pytest.approx(binomtest(56, 94, alternative="greater").pvalue, abs=1e-6)
+    assert d["kept"] == "finetune" and mcnemar_p(56, 38, "two-sided") > 0.05
+    # the demo's decision: 5 better, 3 worse of 100 is chance (p = 0.36): extraction stays
+    demo = decide(_rung("finetune", [True] * 5 + [False] * 3 + [True] * 75 + [False] * 17),
+                  _rung("extract", [False] * 5 + [True] * 3 + [True] * 75 + [False] * 17))
+    assert demo["kept"] == "extract" and demo["p_value"] == pytest.approx(0.363281, abs=1e-6)

@@ -6,7 +6,7 @@ decline to run (``Phase.skip``), starts from the best rung so far (a rung that d
 validation is not climbed from), and the sequence ends on its best rung: a :class:`Rung`
 records each candidate with its per-image correctness on the validation images, and
 :func:`decide` is the one rule that picks between two: a later, costlier rung replaces the kept
-one only when McNemar's exact test on the validation images says it is better
+one only when McNemar's exact one-sided test on the validation images says it is better
 (:func:`graftwork.training.metrics.paired`); otherwise the earlier, cheaper rung stays. Each
 decision is recorded with its numbers (``Climb.decisions``) and logged. A new sequence is one
 ``register_strategy`` line (:mod:`graftwork.phases`).
@@ -30,8 +30,8 @@ from graftwork.training.metrics import KEEP_ALPHA, paired, wilson_interval
 __all__ = ["Rung", "Climb", "climb", "decide", "KEEP_RULE"]
 
 #: The keep rule in words (metrics.json ``keep.rule``, the report).
-KEEP_RULE = (f"a later rung replaces the kept one only if McNemar's exact test on the "
-             f"validation images gives p < {KEEP_ALPHA:g} in its favour")
+KEEP_RULE = (f"a later rung replaces the kept one only if McNemar's exact one-sided test on "
+             f"the validation images gives p < {KEEP_ALPHA:g} that it is better")
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ __all__ = ["score_logits", "prediction_rows", "wilson_interval", "with_interval"
 
 #: The normal quantile of a two-sided 95% interval.
 Z95 = 1.959963984540054
-#: A costlier candidate replaces the kept one only when McNemar's exact two-sided test on the
+#: A costlier candidate replaces the kept one only when McNemar's exact one-sided test on the
 #: validation images gives p below this (and it is right on more of them than it is wrong).
 KEEP_ALPHA = 0.05
 
@@ -57,16 +57,19 @@ def score_logits(samples: Sequence[Sample], logits: torch.Tensor,
     return with_interval(evaluate(nn.Identity(), [(logits, labels)]))
 
 
-def mcnemar_p(wins: int, losses: int) -> float:
-    """McNemar's exact two-sided p-value for ``wins`` images only model A gets right against
-    ``losses`` only model B gets right: the binomial test of ``wins`` of ``wins + losses`` at
-    one half (``scipy.stats.binomtest(wins, wins + losses).pvalue``)."""
+def mcnemar_p(wins: int, losses: int, alternative: str = "greater") -> float:
+    """McNemar's exact p-value for ``wins`` images only model A gets right against ``losses``
+    only model B gets right: the binomial test of ``wins`` of ``wins + losses`` at one half.
+    ``alternative="greater"`` (the keep rule's question: is A better?) is
+    ``scipy.stats.binomtest(wins, wins + losses, alternative="greater").pvalue``;
+    ``"two-sided"`` is ``binomtest(wins, wins + losses).pvalue``."""
     n = wins + losses
     if n == 0:
         return 1.0
+    if alternative == "greater":
+        return min(1.0, sum(math.comb(n, i) for i in range(wins, n + 1)) / 2 ** n)
     k = min(wins, losses)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
-    return min(1.0, 2 * tail)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,9 @@ class Paired:
     """A candidate against the incumbent on the same ``n`` images: ``wins`` (only the candidate
     right), ``losses`` (only the incumbent right), the accuracy difference with its 95%
     interval (Agresti-Min: the Wald interval of matched pairs with half an image added to each
-    cell) and McNemar's exact p-value; ``better`` when the candidate wins significantly."""
+    cell) and McNemar's exact one-sided p-value (the chance of at least ``wins`` of the
+    ``wins + losses`` images that split them going to the candidate were both equally good);
+    ``better`` when the candidate wins significantly."""
 
     n: int
     wins: int
