@@ -162,13 +162,13 @@ def report(run: Path, smoothing: float) -> None:
 def baseline(data: Path, size: int, seed: int) -> None:
     """Accuracy of softmax regression on raw pixels of DATA (what transfer must beat)."""
     from graftwork.estimator.baseline import pixel_baseline
+    from graftwork.report import fmt_acc_ci
 
     _setup_logging(False, True)
     result = pixel_baseline(data, size=size, seed=seed)
-    line = f"raw-pixel baseline: val accuracy {result['val']['accuracy']:.4f}"
-    if "test" in result:
-        line += f", test accuracy {result['test']['accuracy']:.4f}"
-    click.echo(line)
+    parts = [f"{name} accuracy {fmt_acc_ci(s['accuracy'], s.get('accuracy_ci'), s.get('n'))}"
+             for name, s in result.items()]
+    click.echo("raw-pixel baseline: " + ", ".join(parts))
 
 
 @click.command()
