@@ -39,7 +39,7 @@ def test_score_counts_copies_only_grouped_with_their_source(planted: Path) -> No
     assert (row["label_recall"], row["label_precision"], row["flagged"]) == (0.5, 0.5, 2)
     assert (row["exact_found"], row["exact_pixels_found"]) == ("2/2", "1/1")
     assert row["near_found"] == "0/2"  # n1 sits with another image's source, not its own
-    assert (row["groups"], row["near_groups"]) == (3, 1)
+    assert (row["groups"], row["near_groups"], row["largest_group"]) == (3, 1, 2)
     assert (row["outliers_in_list"], row["outlier_list"]) == ("1/1", 2)
 
 
@@ -75,4 +75,4 @@ def test_failed_peer_and_failed_install_get_rows(planted: Path, tmp_path: Path) 
     page = compare.report([ran, skipped], meta)
     assert "- fastdup: **failed**: exit 3" in page
     assert "- datalab: not installed: pip: no matching dist" in page
-    assert "at start [1.0, 1.0, 1.0], at end [2.0, 2.0, 2.0]" in page
+    assert "at start [1.0, 1.0, 1.0], before the first tool None, at end [2.0, 2.0, 2.0]" in page

@@ -32,7 +32,8 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO / "bench"))
 from _venv import VenvError, ensure_venv  # noqa: E402
-from score import COLUMNS, markdown, product, score  # noqa: E402
+from peers import FASTDUP_THRESHOLD, FASTDUP_TOP  # noqa: E402
+from score import markdown, product, score  # noqa: E402
 
 log = logging.getLogger("audit-bench")
 
@@ -52,15 +53,21 @@ RECORD = ("numpy", "pillow", "scikit-image", "cleanlab", "datasets", "scikit-lea
 PEER_TIMEOUT = 1800  # seconds; a peer past it gets an error row
 
 
+def _git(*args: str) -> str:
+    return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                          text=True).stdout.strip()
+
+
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
-               platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
-    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    return {"platform": platform.platform(), "cpu": cpu, "cores": os.cpu_count(),
-            "python": platform.python_version(), "graftwork_commit": commit}
+    """What the numbers were measured on (and the commit, marked when files were modified)."""
+    info = Path("/proc/cpuinfo")
+    models = [ln.split(":", 1)[1].strip() for ln in
+              (info.read_text().splitlines() if info.exists() else []) if ln.startswith("model name")]
+    modified = _git("status", "--porcelain", "--untracked-files=no")
+    return {"platform": platform.platform(), "cpu": models[0] if models else platform.processor(),
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "graftwork_commit": _git("rev-parse", "--short", "HEAD") + (" (modified)" if modified
+                                                                         else "")}
 
 
 def load() -> list[float]:
@@ -124,7 +131,7 @@ def run_peer(peer: str, env: dict[str, Any], root: Path, work: Path) -> dict[str
                   proc.stderr[-3000:])
         return {**row, "error": f"exit {proc.returncode}: {tail[:300]}", "seconds_process": wall}
     got = json.loads(lines[-1])
-    return {"tool": got["version"], **score(root, got["found"]), "seconds": got["seconds"],
+    return {"tool": got["tool"], **score(root, got["found"]), "seconds": got["seconds"],
             "seconds_process": wall}
 
 
@@ -134,15 +141,23 @@ def report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
            "Written by `bench/audit/compare.py` (`make audit-bench`). Each row: recall / "
            "precision of the returned label-issue list against the planted flips; planted "
            "exact copies (and those with other bytes) and near copies found in one group with "
-           "their source, and the number of groups; planted outliers in the returned list and "
-           "its length. \"-\": the tool has no such check. `seconds_cold`: graftwork with an "
-           "empty feature cache (extraction included); `seconds`: graftwork cached, or the "
-           "peer's own call (Datalab's excludes the features and probabilities it is given; "
-           "`seconds_process` in the JSON adds the peer's imports).", "",
+           "their source, the number of groups and the size of the largest (a copy inside "
+           "one huge group with its source counts as found: read the two together); planted "
+           "outliers in the returned list and its length. \"-\": the tool has no such "
+           "check. `seconds_cold`: graftwork with an empty feature cache (extraction "
+           "included); `seconds`: graftwork cached, or the peer's own call (Datalab's excludes "
+           "the features and probabilities it is given; `seconds_process` in the JSON adds the "
+           "peer's imports).", "",
+           "Inputs: Datalab (label, outlier and near-duplicate checks, defaults) gets "
+           "graftwork's lite0 features and its out-of-fold probabilities; CleanVision (exact "
+           "and near duplicates, defaults) and fastdup (its own model, components at "
+           f"similarity {FASTDUP_THRESHOLD}, its {FASTDUP_TOP} top-ranked outliers) read the "
+           "folder themselves.", "",
            f"Machine: {meta['machine']['cpu']}, {meta['machine']['cores']} cores, "
            f"{meta['machine']['platform']}. **Load average (1, 5, 15 min) at start "
-           f"{meta['load_start']}, at end {meta['load_end']}**: other jobs ran beside this "
-           "one, so the seconds are upper bounds.", ""]
+           f"{meta['load_start']}, before the first tool {meta.get('load_before_runs')}, at end "
+           f"{meta['load_end']}**: other jobs ran beside this one, so the seconds are upper "
+           "bounds.", ""]
     for ds in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == ds]
         out += [f"## {ds} ({mine[0].get('flips', '?')} flips)", "", markdown(mine), ""]
@@ -176,6 +191,7 @@ def main() -> None:
                          + meta["venvs"]["gen"]["error"])
     roots = generate(Path(meta["venvs"]["gen"]["python"]), a.data / "audit-faults", a.seeds,
                      a.which)
+    meta["load_before_runs"] = load()  # after the installs and the generator
     rows = []
     for root in roots:
         work = a.data / "audit-peers" / root.name

@@ -5,7 +5,7 @@ graftwork dependency; compare.py creates the venvs and calls this):
     VENV/bin/python bench/audit/peers.py cleanvision DATASET
     SENTRY_OPT_OUT=1 VENV/bin/python bench/audit/peers.py fastdup DATASET --work DIR
 
-Prints one JSON line: {peer, version, seconds, found} where ``found`` is what score.py scores
+Prints one JSON line: {peer, tool, seconds, found} where ``found`` is what score.py scores
 (paths relative to DATASET; a check the peer lacks is null). Datalab gets the product's lite0
 features and out-of-fold probabilities (INPUTS.npz, written by score.write_inputs), so it is
 compared on its cuts, not on other inputs; CleanVision and fastdup read the folder themselves
@@ -100,13 +100,17 @@ def _images(root: Path) -> list[str]:
 
 
 def _rel(root: Path, path: Any) -> str:
-    """``path`` (absolute or relative to ``root``) relative to ``root``, links resolved."""
-    full = os.path.realpath(os.path.join(root, str(path)))
+    """``path`` (absolute, relative to the working folder as fastdup gives them, or relative
+    to ``root``) relative to ``root``, links resolved."""
+    path = str(path)
+    full = os.path.realpath(path if os.path.exists(path) else os.path.join(root, path))
     return os.path.relpath(full, os.path.realpath(root))
 
 
-PEERS = {"datalab": ("cleanlab", run_datalab), "cleanvision": ("cleanvision", run_cleanvision),
-         "fastdup": ("fastdup", run_fastdup)}
+#: name -> (package, the row's name with its version, runner)
+PEERS = {"datalab": ("cleanlab", "Datalab (cleanlab {})", run_datalab),
+         "cleanvision": ("cleanvision", "CleanVision {}", run_cleanvision),
+         "fastdup": ("fastdup", "fastdup {}", run_fastdup)}
 
 
 def main() -> None:
@@ -116,10 +120,10 @@ def main() -> None:
     ap.add_argument("--inputs", type=Path, help="datalab: the product's features (npz)")
     ap.add_argument("--work", type=Path, default=Path("."), help="fastdup: its work folder")
     a = ap.parse_args()
-    package, fn = PEERS[a.peer]
+    package, tool, fn = PEERS[a.peer]
     t0 = time.perf_counter()
-    found = fn(a.dataset, a.inputs, a.work)
-    print(json.dumps({"peer": a.peer, "version": f"{package} {version(package)}",
+    found = fn(a.dataset.resolve(), a.inputs, a.work)
+    print(json.dumps({"peer": a.peer, "tool": tool.format(version(package)),
                       "seconds": round(time.perf_counter() - t0, 1), "found": found}), flush=True)
 
 

@@ -20,13 +20,14 @@ Found = dict[str, Any]
 
 #: the table's columns, in order (the JSON rows hold these and a few more)
 COLUMNS = ("tool", "label_recall", "label_precision", "flagged", "exact_found",
-           "exact_pixels_found", "near_found", "groups", "outliers_in_list", "outlier_list",
-           "seconds_cold", "seconds")
+           "exact_pixels_found", "near_found", "groups", "largest_group", "outliers_in_list",
+           "outlier_list", "seconds_cold", "seconds")
 
 
 def score(root: Path, found: Found) -> dict[str, Any]:
     """One row: flips recall / precision of the label list, planted copies found in one group
-    with their source (exact, exact with other bytes, near), groups, planted outliers listed."""
+    with their source (exact, exact with other bytes, near), groups and the largest (a copy in
+    one huge group with its source is "found" too), planted outliers listed."""
     truth = json.loads((root / "truth.json").read_text())
     row: dict[str, Any] = {"dataset": root.name, "flips": len(truth["flips"])}
     if found.get("labels") is not None:
@@ -47,6 +48,7 @@ def score(root: Path, found: Found) -> dict[str, Any]:
                    near_found=f"{sum(map(together, truth['near']))}/{len(truth['near'])}",
                    near_missed_ops=[e["ops"] for e in truth["near"] if not together(e)],
                    groups=len(found["groups"]),
+                   largest_group=max((len(g["paths"]) for g in found["groups"]), default=0),
                    near_groups=sum(g.get("kind") == "near" for g in found["groups"]))
     if found.get("outliers") is not None:
         odd = {o["path"] for o in truth["outliers"]}
