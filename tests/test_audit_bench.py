@@ -40,6 +40,7 @@ def test_score_counts_copies_only_grouped_with_their_source(planted: Path) -> No
     assert (row["exact_found"], row["exact_pixels_found"]) == ("2/2", "1/1")
     assert row["near_found"] == "0/2"  # n1 sits with another image's source, not its own
     assert (row["groups"], row["near_groups"], row["largest_group"]) == (3, 1, 2)
+    assert row["copies_in_largest"] == 1  # ties: the first of the largest groups
     assert (row["outliers_in_list"], row["outlier_list"]) == ("1/1", 2)
 
 

@@ -20,14 +20,15 @@ Found = dict[str, Any]
 
 #: the table's columns, in order (the JSON rows hold these and a few more)
 COLUMNS = ("tool", "label_recall", "label_precision", "flagged", "exact_found",
-           "exact_pixels_found", "near_found", "groups", "largest_group", "outliers_in_list",
-           "outlier_list", "seconds_cold", "seconds")
+           "exact_pixels_found", "near_found", "groups", "largest_group", "copies_in_largest",
+           "outliers_in_list", "outlier_list", "seconds_cold", "seconds")
 
 
 def score(root: Path, found: Found) -> dict[str, Any]:
     """One row: flips recall / precision of the label list, planted copies found in one group
-    with their source (exact, exact with other bytes, near), groups and the largest (a copy in
-    one huge group with its source is "found" too), planted outliers listed."""
+    with their source (exact, exact with other bytes, near), groups, the largest and how many
+    planted copies were found only in it (a copy in one huge group with its source is "found"
+    too), planted outliers listed."""
     truth = json.loads((root / "truth.json").read_text())
     row: dict[str, Any] = {"dataset": root.name, "flips": len(truth["flips"])}
     if found.get("labels") is not None:
@@ -42,13 +43,17 @@ def score(root: Path, found: Found) -> dict[str, Any]:
         def together(e: dict[str, Any]) -> bool:
             return e["path"] in group and group[e["path"]] == group.get(e["source"])
 
+        sizes = [len(g["paths"]) for g in found["groups"]]
+        largest = int(np.argmax(sizes)) if sizes else -1
         pixels = [e for e in truth["exact"] if e["kind"] != "bytes"]
         row.update(exact_found=f"{sum(map(together, truth['exact']))}/{len(truth['exact'])}",
                    exact_pixels_found=f"{sum(map(together, pixels))}/{len(pixels)}",
                    near_found=f"{sum(map(together, truth['near']))}/{len(truth['near'])}",
                    near_missed_ops=[e["ops"] for e in truth["near"] if not together(e)],
                    groups=len(found["groups"]),
-                   largest_group=max((len(g["paths"]) for g in found["groups"]), default=0),
+                   largest_group=max(sizes, default=0),
+                   copies_in_largest=sum(together(e) and group[e["path"]] == largest
+                                         for e in truth["exact"] + truth["near"]),
                    near_groups=sum(g.get("kind") == "near" for g in found["groups"]))
     if found.get("outliers") is not None:
         odd = {o["path"] for o in truth["outliers"]}
