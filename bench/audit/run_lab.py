@@ -1,7 +1,7 @@
 """Run the audit checks on planted-fault datasets and print the score table.
 
-Usage (graftwork's venv with cleanlab and faiss-cpu installed):
-    nice -n 19 python bench/audit/run_lab.py [DATASET_DIR ...] [--cache /work/scratch/cache]
+Usage (graftwork's venv):
+    nice -n 19 python bench/audit/run_lab.py [DATASET_DIR ...] [--cache .cache/graftwork]
         [--cold] [--json OUT.json]
 
 Each DATASET_DIR is made by make_faults.py (it has truth.json). ``--cold`` extracts into a fresh
@@ -18,14 +18,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import checks  # noqa: E402
 from lab_data import load  # noqa: E402
+from score import score as score_found  # noqa: E402
 
-DEFAULT = [f"/work/scratch/audit-data/{n}-s{s}" for s in (0, 1, 2)
-           for n in ("fmnist-faults", "mnist-faults")]
+DEFAULT = [str(Path(__file__).resolve().parents[1] / "data" / "audit-faults" / f"{n}-s{s}")
+           for s in (0, 1, 2) for n in ("fmnist-faults", "mnist-faults")]
 
 
 def audit(root: Path, cache: Path) -> tuple[dict, dict, float]:
@@ -46,43 +45,19 @@ def audit(root: Path, cache: Path) -> tuple[dict, dict, float]:
 
 
 def score(root: Path, d: dict, res: dict) -> dict:
-    truth = json.loads((root / "truth.json").read_text())
+    """score.score of the lab's index-based results (rows of ``d["paths"]``)."""
     rel = [str(Path(p).relative_to(root)) for p in d["paths"]]
-    idx = {r: i for i, r in enumerate(rel)}
-    flips = {idx[f["path"]] for f in truth["flips"]}
-    flagged = [x["index"] for x in res["labels"]]
-    tp = len(flips & set(flagged))
-    group_of = {}
-    for g, grp in enumerate(res["dups"]):
-        for m in grp["members"]:
-            group_of[m] = g
-
-    def together(e: dict) -> bool:
-        a, b = idx[e["path"]], idx[e["source"]]
-        return a in group_of and group_of.get(a) == group_of.get(b)
-
-    exact = sum(together(e) for e in truth["exact"])
-    exact_px = sum(together(e) for e in truth["exact"] if e["kind"] != "bytes")
-    near = sum(together(e) for e in truth["near"])
-    missed = [e["ops"] for e in truth["near"] if not together(e)]
-    odd = {idx[o["path"]] for o in truth["outliers"]}
-    out_list = [x["index"] for x in res["outliers"]]
-    return {"dataset": root.name, "flips": len(flips), "flagged": len(flagged),
-            "label_recall": round(tp / max(1, len(flips)), 3),
-            "label_precision": round(tp / max(1, len(flagged)), 3),
-            "exact_found": f"{exact}/{len(truth['exact'])}",
-            "exact_pixels_found": f"{exact_px}/{sum(e['kind'] != 'bytes' for e in truth['exact'])}",
-            "near_found": f"{near}/{len(truth['near'])}", "near_missed_ops": missed,
-            "groups": len(res["dups"]),
-            "near_groups": sum(g["kind"] == "near" for g in res["dups"]),
-            "outliers_in_list": f"{len(odd & set(out_list))}/{len(odd)}",
-            "outlier_list": len(out_list)}
+    found = {"labels": [rel[x["index"]] for x in res["labels"]],
+             "groups": [{"paths": [rel[m] for m in g["members"]], "kind": g["kind"]}
+                        for g in res["dups"]],
+             "outliers": [rel[x["index"]] for x in res["outliers"]]}
+    return score_found(root, found)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("datasets", nargs="*", default=DEFAULT)
-    ap.add_argument("--cache", type=Path, default=Path("/work/scratch/cache"))
+    ap.add_argument("--cache", type=Path, default=Path(".cache/graftwork"))
     ap.add_argument("--cold", action="store_true")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
@@ -90,7 +65,7 @@ def main() -> None:
     for ds in map(Path, a.datasets):
         cold = None
         if a.cold:
-            tmp = Path(tempfile.mkdtemp(prefix="audit-cold-", dir="/work/scratch"))
+            tmp = Path(tempfile.mkdtemp(prefix="audit-cold-"))
             try:
                 _, _, cold = audit(ds, tmp)
             finally:

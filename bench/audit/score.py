@@ -1,73 +1,113 @@
-"""Score ``graftwork.audit`` (the product, not the lab functions) on planted-fault folders.
+"""Scoring what a tool found on a planted-fault folder (made by make_faults.py, with truth.json).
 
-    python bench/audit/score.py DATASET_DIR [...] [--cache DIR] [--cold]
-
-Each DATASET_DIR is made by make_faults.py (it holds truth.json). ``--cold`` first audits with
-an empty cache (features extracted: the whole audit from files); the cached run follows.
-Prints one JSON row per dataset and a Markdown table.
+A tool's findings are ``{"labels": [path, ...], "groups": [{"paths": [...], "kind": ...}, ...],
+"outliers": [path, ...]}`` with paths relative to the folder; a check the tool lacks is ``None``
+and its columns read "-". :func:`score` turns them into one row; :func:`product` runs
+``graftwork.audit`` (the product) cold (empty cache) and cached, and writes the inputs Datalab
+is compared on (the product's features and out-of-fold probabilities).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import graftwork
+import numpy as np
+
+Found = dict[str, Any]
+
+#: the table's columns, in order (the JSON rows hold these and a few more)
+COLUMNS = ("tool", "label_recall", "label_precision", "flagged", "exact_found",
+           "exact_pixels_found", "near_found", "groups", "largest_group", "copies_in_largest",
+           "outliers_in_list", "outlier_list", "seconds_cold", "seconds")
 
 
-def score(root: Path, result: Any) -> dict[str, Any]:
+def score(root: Path, found: Found) -> dict[str, Any]:
+    """One row: flips recall / precision of the label list, planted copies found in one group
+    with their source (exact, exact with other bytes, near), groups, the largest and how many
+    planted copies were found only in it (a copy in one huge group with its source is "found"
+    too), planted outliers listed."""
     truth = json.loads((root / "truth.json").read_text())
-    flips = {f["path"] for f in truth["flips"]}
-    flagged = [r["path"] for r in result.label_issues]
-    hit = len(flips & set(flagged))
-    group = {p: g for g, grp in enumerate(result.duplicates) for p in grp["paths"]}
+    row: dict[str, Any] = {"dataset": root.name, "flips": len(truth["flips"])}
+    if found.get("labels") is not None:
+        flips = {f["path"] for f in truth["flips"]}
+        flagged = list(found["labels"])
+        hit = len(flips & set(flagged))
+        row.update(flagged=len(flagged), label_recall=round(hit / max(1, len(flips)), 3),
+                   label_precision=round(hit / max(1, len(flagged)), 3))
+    if found.get("groups") is not None:
+        group = {p: g for g, grp in enumerate(found["groups"]) for p in grp["paths"]}
 
-    def together(e: dict[str, Any]) -> bool:
-        return e["path"] in group and group[e["path"]] == group.get(e["source"])
+        def together(e: dict[str, Any]) -> bool:
+            return e["path"] in group and group[e["path"]] == group.get(e["source"])
 
-    odd = {o["path"] for o in truth["outliers"]}
-    listed = {r["path"] for r in result.outliers}
-    return {"dataset": root.name, "flips": len(flips), "flagged": len(flagged),
-            "label_recall": round(hit / max(1, len(flips)), 3),
-            "label_precision": round(hit / max(1, len(flagged)), 3),
-            "exact": f"{sum(map(together, truth['exact']))}/{len(truth['exact'])}",
-            "near": f"{sum(map(together, truth['near']))}/{len(truth['near'])}",
-            "groups": len(result.duplicates),
-            "outliers": f"{len(odd & listed)}/{len(odd)}", "outlier_list": len(listed)}
-
-
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("datasets", nargs="+", type=Path)
-    ap.add_argument("--cache", type=Path, default=Path(".cache/graftwork"))
-    ap.add_argument("--cold", action="store_true")
-    args = ap.parse_args()
-    rows = []
-    for root in args.datasets:
-        cold = None
-        if args.cold:
-            tmp = Path(tempfile.mkdtemp(prefix="audit-cold-"))
-            try:
-                t0 = time.perf_counter()
-                graftwork.audit(root, cache_dir=tmp)
-                cold = round(time.perf_counter() - t0, 1)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-        t0 = time.perf_counter()
-        result = graftwork.audit(root, cache_dir=args.cache)
-        row = {**score(root, result), "seconds_cold": cold,
-               "seconds_cached": round(time.perf_counter() - t0, 1)}
-        rows.append(row)
-        print(json.dumps(row), flush=True)
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for row in rows:
-        print("| " + " | ".join(str(row[c]) for c in cols) + " |")
+        sizes = [len(g["paths"]) for g in found["groups"]]
+        largest = int(np.argmax(sizes)) if sizes else -1
+        pixels = [e for e in truth["exact"] if e["kind"] != "bytes"]
+        row.update(exact_found=f"{sum(map(together, truth['exact']))}/{len(truth['exact'])}",
+                   exact_pixels_found=f"{sum(map(together, pixels))}/{len(pixels)}",
+                   near_found=f"{sum(map(together, truth['near']))}/{len(truth['near'])}",
+                   near_missed_ops=[e["ops"] for e in truth["near"] if not together(e)],
+                   groups=len(found["groups"]),
+                   largest_group=max(sizes, default=0),
+                   copies_in_largest=sum(together(e) and group[e["path"]] == largest
+                                         for e in truth["exact"] + truth["near"]),
+                   near_groups=sum(g.get("kind") == "near" for g in found["groups"]))
+    if found.get("outliers") is not None:
+        odd = {o["path"] for o in truth["outliers"]}
+        listed = set(found["outliers"])
+        row.update(outliers_in_list=f"{len(odd & listed)}/{len(odd)}",
+                   outlier_list=len(listed))
+    return row
 
 
-if __name__ == "__main__":
-    main()
+def markdown(rows: list[dict[str, Any]], columns: tuple[str, ...] = COLUMNS) -> str:
+    """A Markdown table; a missing or None cell reads "-"."""
+    def cell(v: Any) -> str:
+        return "-" if v is None else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r.get(c)) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def product(root: Path, cache: Path, inputs_file: Path | None = None) -> dict[str, Any]:
+    """Score ``graftwork.audit`` on ``root``: first with ``cache`` emptied (features extracted:
+    the whole audit from files), then cached. With ``inputs_file``, also write there (npz) the
+    product's features, labels, paths and out-of-fold probabilities, for Datalab."""
+    import graftwork
+
+    shutil.rmtree(cache, ignore_errors=True)
+    t0 = time.perf_counter()
+    graftwork.audit(root, cache_dir=cache)
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    result = graftwork.audit(root, cache_dir=cache)
+    cached = time.perf_counter() - t0
+    found = {"labels": [r["path"] for r in result.label_issues], "groups": result.duplicates,
+             "outliers": [r["path"] for r in result.outliers]}
+    if inputs_file is not None:
+        write_inputs(root, cache, inputs_file)
+    return {"tool": f"graftwork {graftwork.__version__}", **score(root, found),
+            "seconds_cold": round(cold, 1), "seconds": round(cached, 1)}
+
+
+def write_inputs(root: Path, cache: Path, out: Path) -> None:
+    """The product's lite0 features and out-of-fold probabilities of ``root`` (cached), as the
+    label check computes them, in ``out`` (npz: features, labels, paths, probs)."""
+    from threadpoolctl import threadpool_limits
+
+    from graftwork.datacheck import labels as label_check
+    from graftwork.datacheck.inputs import gather
+
+    inputs = gather(root, cache_dir=cache)
+    folds = label_check._folds(inputs.labels, inputs.classes)
+    with threadpool_limits(1):
+        probs = label_check.oof_probabilities(inputs.features, inputs.labels,
+                                              len(inputs.classes), folds,
+                                              splits=label_check.SPLITS)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, features=inputs.features, labels=inputs.labels, probs=probs,
+             paths=np.array(inputs.paths))
