@@ -30,7 +30,7 @@ def _inputs(n: int, dim: int, classes: int, rng: np.random.Generator) -> AuditIn
     return AuditInputs(data=Path("."), paths=[f"img{i}.png" for i in range(n)], labels=labels,
                        splits=np.array(["train"] * n), classes=[f"c{i}" for i in range(classes)],
                        features=features, file_digests=digests, pixel_digests=digests,
-                       thumbs=rng.random((n, THUMB, THUMB), dtype=np.float32),
+                       thumbs=rng.integers(0, 256, (n, THUMB, THUMB), dtype=np.uint8),
                        sizes=np.full((n, 2), 96), gray=np.zeros(n, bool))
 
 
