@@ -26,7 +26,7 @@ __all__ = ["find_duplicates", "THRESHOLD"]
 K = 10
 THRESHOLD = 1.5  # docs/audit-research.md: the sweep over two planted-fault sets
 SIDES = (16, 8)
-PAIR_BATCH = 8192  # candidate pairs whose rows are gathered at once
+PAIR_BATCH = 4096  # candidate pairs whose rows are gathered at once
 
 
 class _Union:
@@ -134,8 +134,11 @@ def find_duplicates(inputs: AuditInputs) -> list[dict[str, Any]]:
                                                   for s in SIDES]
         # the feature search is the one the outlier check reads too (same k) when no image
         # has an exact copy; the thumbnails' searches are their own
-        first = inputs.neighbours(K)[1] if len(rep) == n else knn(signals[0], K)[1]
-        pairs = _candidates([first] + [knn(z, K)[1] for z in signals[1:]])
+        exact_up_to = inputs.exact_up_to
+        first = (inputs.neighbours(K)[1] if len(rep) == n
+                 else knn(signals[0], K, exact_up_to=exact_up_to)[1])
+        pairs = _candidates([first] + [knn(z, K, exact_up_to=exact_up_to)[1]
+                                       for z in signals[1:]])
         score = _pair_scores(signals, pairs, len(rep))
         linked = [(int(a), int(b)) for a, b in pairs[score >= THRESHOLD]]
     near = _Union(len(rep))

@@ -24,7 +24,7 @@ from PIL import Image
 from graftwork.data.digests import file_digests
 from graftwork.data.discover import Sample, Skipped, discover
 from graftwork.data.images import load_image
-from graftwork.datacheck.neighbours import knn, unit
+from graftwork.datacheck.neighbours import EXACT_UP_TO, knn, unit
 from graftwork.errors import BadImageError, DataError
 from graftwork.features.open import open_features
 from graftwork.rundir.files import atomic_file
@@ -55,13 +55,14 @@ class AuditInputs:
     gray: np.ndarray  # (n,) bool: stored or decoded without colour
     skipped: list[Skipped] = field(default_factory=list)  # files no check could use
     seconds: dict[str, float] = field(default_factory=dict)
+    exact_up_to: int = EXACT_UP_TO  # rows up to which neighbour searches are exact
     _knn: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosine similarities, indices) of each image's ``k`` nearest others in feature
         space (computed once per ``k``)."""
         if k not in self._knn:
-            self._knn[k] = knn(unit(self.features), k)
+            self._knn[k] = knn(unit(self.features), k, exact_up_to=self.exact_up_to)
         return self._knn[k]
 
 
