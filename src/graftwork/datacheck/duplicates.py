@@ -130,12 +130,14 @@ def find_duplicates(inputs: AuditInputs) -> list[dict[str, Any]]:
         members[exact.find(i)].append(i)
     linked: list[tuple[int, int]] = []
     if len(rep) > 2:
-        signals = [unit(inputs.features[rep])] + [_thumb_vectors(inputs.thumbs[rep], s)
-                                                  for s in SIDES]
+        every = len(rep) == n  # no exact copies: no row copies either
+        signals = [unit(inputs.features if every else inputs.features[rep])]
+        signals += [_thumb_vectors(inputs.thumbs if every else inputs.thumbs[rep], s)
+                    for s in SIDES]
         # the feature search is the one the outlier check reads too (same k) when no image
         # has an exact copy; the thumbnails' searches are their own
         exact_up_to = inputs.exact_up_to
-        first = (inputs.neighbours(K)[1] if len(rep) == n
+        first = (inputs.neighbours(K)[1] if every
                  else knn(signals[0], K, exact_up_to=exact_up_to)[1])
         pairs = _candidates([first] + [knn(z, K, exact_up_to=exact_up_to)[1]
                                        for z in signals[1:]])
