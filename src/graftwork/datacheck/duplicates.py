@@ -80,7 +80,7 @@ def _best_two(node: np.ndarray, sim: np.ndarray, m: int) -> np.ndarray:
 def _pair_similarities(z: np.ndarray, a: np.ndarray, b: np.ndarray, batch: int = PAIR_BATCH
                        ) -> np.ndarray:
     """``z[a[i]] . z[b[i]]`` for each pair, ``batch`` pairs at a time: gathering the rows of all
-    pairs at once copied two (pairs x d) arrays (4 GiB for 20,000 images' 400,000 pairs)."""
+    pairs at once copied two (pairs x d) arrays: 3.7 GiB for 389,441 pairs of 20,000 images."""
     sim = np.empty(len(a), dtype=z.dtype)
     for s in range(0, len(a), batch):
         sim[s:s + batch] = np.einsum("ij,ij->i", z[a[s:s + batch]], z[b[s:s + batch]])
