@@ -9,9 +9,10 @@ two cores) gives way to an inverted-file index (``IndexIVFFlat``, inner product,
 inner products of the rows it returns. Measured (bench/audit/recall.py, bench/audit/README.md):
 recall@10 against the exact search 0.997 on real lite0 features of 17,000 Fashion-MNIST images
 (0.9995 on 4,400 planted-fault images), 0.999 on their 16 and 8 px thumbnails, 0.946 on the
-noise-dominated clustered vectors of bench/audit/scale.py; the same duplicate groups and
-outliers (plus 2 borderline) on the 17,000 images. Below ~20,000 rows IVF is no faster than the
-flat index (BLAS; its list scans are memory-bound), hence exact up to 50,000.
+noise-dominated clustered vectors of bench/audit/scale.py at 20,000 rows (0.83 at 100,000,
+2.2x faster than exact there); the same duplicate groups and outliers (plus 2 borderline) on
+the 17,000 images. Below ~20,000 rows IVF is no faster than the flat index (BLAS; its list
+scans are memory-bound), hence exact up to 50,000.
 """
 from __future__ import annotations
 
