@@ -2,8 +2,9 @@
 DATA), their labels and splits, backbone features through the feature cache
 (:func:`graftwork.features.open_features`: a cached re-run builds no network), file digests, and
 pixel facts from one decode pass (a digest of the decoded pixels, a 32x32 grayscale thumbnail,
-size, mode) kept in the cache too, keyed by file digest. Shared neighbour searches are computed
-on first use (:meth:`AuditInputs.neighbours`), as cleanlab's Datalab shares one k-NN graph.
+size, mode) kept in the cache too, keyed by file digest. Shared neighbour searches
+(:mod:`~.neighbours`) are computed on first use (:meth:`AuditInputs.neighbours`), as
+cleanlab's Datalab shares one k-NN graph.
 """
 from __future__ import annotations
 
@@ -23,11 +24,12 @@ from PIL import Image
 from graftwork.data.digests import file_digests
 from graftwork.data.discover import Sample, Skipped, discover
 from graftwork.data.images import load_image
+from graftwork.datacheck.neighbours import EXACT_UP_TO, knn, unit
 from graftwork.errors import BadImageError, DataError
 from graftwork.features.open import open_features
 from graftwork.rundir.files import atomic_file
 
-__all__ = ["AuditInputs", "gather", "knn", "THUMB"]
+__all__ = ["AuditInputs", "gather", "knn", "unit", "THUMB"]
 
 log = logging.getLogger(__name__)
 
@@ -48,51 +50,20 @@ class AuditInputs:
     features: np.ndarray  # (n, d) float32 pooled backbone features
     file_digests: list[bytes]
     pixel_digests: list[bytes]
-    thumbs: np.ndarray  # (n, THUMB, THUMB) float32 grayscale, area-averaged
+    thumbs: np.ndarray  # (n, THUMB, THUMB) uint8 grayscale, area-averaged
     sizes: np.ndarray  # (n, 2) width, height
     gray: np.ndarray  # (n,) bool: stored or decoded without colour
     skipped: list[Skipped] = field(default_factory=list)  # files no check could use
     seconds: dict[str, float] = field(default_factory=dict)
+    exact_up_to: int = EXACT_UP_TO  # rows up to which neighbour searches are exact
     _knn: dict[int, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict, repr=False)
 
     def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosine similarities, indices) of each image's ``k`` nearest others in feature
         space (computed once per ``k``)."""
         if k not in self._knn:
-            self._knn[k] = knn(unit(self.features), k)
+            self._knn[k] = knn(unit(self.features), k, exact_up_to=self.exact_up_to)
         return self._knn[k]
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    """Rows scaled to unit length (float32)."""
-    x = np.asarray(x, dtype=np.float32)
-    return x / (np.linalg.norm(x, axis=1, keepdims=True) + 1e-12)
-
-
-def knn(z: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """(cosine similarities, indices) of the ``k`` nearest other rows of unit-norm ``z``, from
-    an exact inner-product index (faiss where installed, else scikit-learn): memory grows with
-    n * k, never n * n."""
-    k = max(1, min(k, len(z) - 1))
-    z = np.ascontiguousarray(z, dtype=np.float32)
-    try:
-        import faiss
-
-        index = faiss.IndexFlatIP(z.shape[1])
-        index.add(z)
-        sim, ind = index.search(z, k + 1)
-    except ImportError:
-        from sklearn.neighbors import NearestNeighbors
-
-        dist, ind = NearestNeighbors(n_neighbors=k + 1).fit(z).kneighbors(z)
-        sim = 1 - dist ** 2 / 2
-    rows = np.arange(len(z))[:, None]
-    # each row itself is dropped (not always first when copies tie): a stable sort moves the
-    # other rows' columns to the front, in their order
-    order = np.argsort(ind == rows, axis=1, kind="stable")[:, :k]
-    out_i = np.take_along_axis(ind, order, axis=1).astype(np.int64)
-    out_s = np.take_along_axis(sim, order, axis=1).astype(np.float32)
-    return out_s, out_i
 
 
 # ------------------------------------------------------------------------- pixel facts
@@ -204,14 +175,14 @@ def gather(data: str | Path, *, backbone: str = "efficientnet_lite0", weights: s
     if not keep:
         raise DataError(f"no image of {str(root)!r} could be decoded ({len(samples)} files)",
                         "check the files: the reasons are listed with --json under summary")
-    features = res.features[keep].numpy().astype(np.float32)  # type: ignore[index]
+    features = np.asarray(res.features[keep].numpy(), dtype=np.float32)  # type: ignore[index]
     return AuditInputs(
         data=root, paths=[os.path.relpath(paths[i], root) for i in keep],
         labels=np.array([samples[i].label for i in keep]), splits=np.array([names[i] for i in keep]),
         classes=list(splits.classes), features=features,
         file_digests=[digests[i] for i in keep],  # type: ignore[misc]
         pixel_digests=[facts[i][0] for i in keep],
-        thumbs=np.stack([facts[i][1] for i in keep]).astype(np.float32),
+        thumbs=np.stack([facts[i][1] for i in keep]).astype(np.uint8, copy=False),
         sizes=np.array([facts[i][2] for i in keep], np.int64),
         gray=np.array([facts[i][3] for i in keep], bool),
         skipped=[Skipped(os.path.relpath(s.path, root), s.reason) for s in skipped],
