@@ -66,6 +66,20 @@ def test_checks_agree_on_the_exact_and_the_approximate_search() -> None:
     assert {o["path"] for o in find_outliers(exact)} >= {"img10.png", "img11.png", "img12.png"}
 
 
+def test_a_narrower_neighbour_search_is_read_off_the_wider_one() -> None:
+    """The label check's 20 neighbours serve the duplicate and outlier checks' 10: the same
+    rows as a search of its own, and no second search (the same arrays, sliced)."""
+    shared, fresh = _inputs(600, 10**9), _inputs(600, 10**9)
+    wide_s, wide_i = shared.neighbours(20)
+    narrow_s, narrow_i = shared.neighbours(10)
+    assert np.shares_memory(narrow_i, wide_i) and np.shares_memory(narrow_s, wide_s)
+    own_s, own_i = fresh.neighbours(10)
+    np.testing.assert_allclose(narrow_s, own_s, atol=1e-6)
+    assert np.mean(narrow_i == own_i) > 0.99  # ties may order differently
+    assert find_duplicates(shared) == find_duplicates(fresh)
+    assert find_outliers(shared) == find_outliers(fresh)
+
+
 def test_sklearn_fallback_matches_faiss() -> None:
     z = _clustered(800, 32, 10)
     s_f, i_f = knn(z, 5)

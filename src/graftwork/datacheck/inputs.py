@@ -60,9 +60,13 @@ class AuditInputs:
 
     def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosine similarities, indices) of each image's ``k`` nearest others in feature
-        space (computed once per ``k``)."""
+        space, nearest first: searched once, and a smaller ``k`` is read off a wider search
+        already made (the label check's 20 serve the duplicate and outlier checks' 10)."""
         if k not in self._knn:
-            self._knn[k] = knn(unit(self.features), k, exact_up_to=self.exact_up_to)
+            wider = min((w for w in self._knn if w > k), default=None)
+            self._knn[k] = (tuple(a[:, :k] for a in self._knn[wider])  # type: ignore[assignment]
+                            if wider is not None
+                            else knn(unit(self.features), k, exact_up_to=self.exact_up_to))
         return self._knn[k]
 
 
