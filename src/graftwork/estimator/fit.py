@@ -22,7 +22,7 @@ from graftwork.data.transforms import eval_transform
 from graftwork.errors import DataError
 from graftwork.estimator.base import ParamsMixin
 from graftwork.estimator.persist import learned_settings
-from graftwork.estimator.refit import refit, starting_backbone
+from graftwork.estimator.refit import refit, starting_backbone, with_val_in_train
 from graftwork.features.cache import cache_root
 from graftwork.features.open import open_features
 from graftwork.features.session import RunOptions, Session
@@ -104,8 +104,7 @@ def fit_classifier(clf: ParamsMixin, data: str | Path, phases: Sequence[Phase], 
         val_before = session.score(splits.val)
         clf.refit_ = {**refit(ctx, phases, climbed, sequence=sequence, backbone=start),
                       "val_before_refit": val_before}
-        splits = Splits(splits.classes, [*splits.train, *splits.val], [], splits.test,
-                        splits.skipped, splits.explicit)  # BN recalibration sees them all
+        splits = with_val_in_train(splits)  # BN recalibration sees them all
     clf.history_ = history.rows
     clf.head_ = dict(session.head_spec)
     clf.extract_stats_ = session.extract_stats

@@ -25,7 +25,7 @@ from graftwork.phases.base import Phase, PhaseContext, images_per_class
 from graftwork.phases.ladder import Climb
 from graftwork.training.loop import TrainConfig
 
-__all__ = ["refit_path", "refit", "starting_backbone"]
+__all__ = ["refit_path", "refit", "starting_backbone", "with_val_in_train"]
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,11 @@ def starting_backbone(ctx: PhaseContext) -> dict[str, torch.Tensor] | None:
     if not s.network_built:
         return None
     return {k: v.detach().clone() for k, v in s.model.backbone.state_dict().items()}
+
+
+def with_val_in_train(splits: Splits) -> Splits:
+    """``splits`` with the validation images moved into training (none held out)."""
+    return replace(splits, train=[*splits.train, *splits.val], val=[])
 
 
 def refit_path(climbed: Climb, *, sequence: bool) -> list[str]:
@@ -60,7 +65,7 @@ def _options(cfg: TrainConfig, epochs: int) -> dict[str, Any]:
     training set grows by the validation images), for ``epochs`` epochs."""
     return {"epochs": max(1, epochs), "lr": cfg.lr, "optimizer": cfg.optimizer,
             "schedule": cfg.schedule, "weight_decay": cfg.weight_decay,
-            "label_smoothing": cfg.label_smoothing, "patience": max(1, epochs)}
+            "label_smoothing": cfg.label_smoothing}  # no patience: a refit runs every epoch
 
 
 def refit(ctx: PhaseContext, phases: Sequence[Phase], climbed: Climb, *, sequence: bool,
@@ -80,8 +85,7 @@ def refit(ctx: PhaseContext, phases: Sequence[Phase], climbed: Climb, *, sequenc
                           spec.get("hidden", 256), spec.get("dropout", 0.0)))
     epochs = {p: int(rows[p].get("best_epoch") or rows[p].get("epochs") or 1) for p in path}
     options = {p: _options(climbed.configs[p], epochs[p]) for p in path}
-    merged = Splits(splits.classes, [*splits.train, *splits.val], [], splits.test,
-                    splits.skipped, splits.explicit)
+    merged = with_val_in_train(splits)
     params = {**ctx.params, "head": spec["kind"], "phase_options": options}
     if s.network_built:  # the blocks fine-tuning chose for the training set it was judged on
         params["unfreeze"] = resolve_unfreeze(s.model.backbone, params.get("unfreeze", "auto"),
