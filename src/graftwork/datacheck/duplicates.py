@@ -200,9 +200,9 @@ def find_duplicates(inputs: AuditInputs) -> list[dict[str, Any]]:
     linked: list[tuple[int, int]] = []
     if len(rep) > 2:
         every = len(rep) == n  # no exact copies: no row copies either
-        signals = [unit(inputs.features if every else inputs.features[rep])]
-        signals += [_thumb_vectors(inputs.thumbs if every else inputs.thumbs[rep], s)
-                    for s in SIDES]
+        features, thumbs = ((inputs.features, inputs.thumbs) if every
+                            else (inputs.features[rep], inputs.thumbs[rep]))
+        signals = [unit(features)] + [_thumb_vectors(thumbs, s) for s in SIDES]
         # the feature search is the one the outlier check reads too (same k) when no image
         # has an exact copy; the thumbnails' searches are their own
         exact_up_to = inputs.exact_up_to
@@ -210,8 +210,7 @@ def find_duplicates(inputs: AuditInputs) -> list[dict[str, Any]]:
                  else knn(signals[0], K, exact_up_to=exact_up_to)[1])
         pairs = _candidates([first] + [knn(z, K, exact_up_to=exact_up_to)[1]
                                        for z in signals[1:]])
-        score = _pair_scores(signals, pairs, len(rep),
-                             thumbs=inputs.thumbs if every else inputs.thumbs[rep])
+        score = _pair_scores(signals, pairs, len(rep), thumbs=thumbs)
         linked = [(int(a), int(b)) for a, b in pairs[score >= THRESHOLD]]
     near = _Union(len(rep))
     for a, b in linked:
