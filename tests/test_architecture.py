@@ -240,6 +240,17 @@ def test_head_auto_chooses_on_validation_and_saves_the_choice(
                                clf.predict_proba(data / "test"), atol=1e-4)
 
 
+def test_head_auto_cross_validation_leaves_an_unreadable_image_out(cache_dir: str,
+                                                                   tmp_path: Path) -> None:
+    """An image the features skip has no row: it is neither right nor wrong for any head."""
+    data = make_image_folder(tmp_path / "data", counts={"train": 8, "val": 4, "test": 4})
+    (data / "val" / "class_1" / "broken.png").write_bytes(b"not an image")
+    clf = ImageClassifier(**TINY, head="auto", epochs=2, cache_dir=cache_dir).fit(data)
+    spec = clf.head_
+    assert spec["chosen_by"] == "cross-validation"
+    assert {c["vs_kept"]["n"] for c in spec["candidates"][1:]} == {36}  # 37 files, 36 images
+
+
 def test_stratified_folds_hold_each_image_once_and_each_class_in_proportion() -> None:
     from graftwork.phases.extract import stratified_folds
 

@@ -118,23 +118,28 @@ class Extract(Phase):
                   stratified_folds([smp.label for smp in pool], CV_FOLDS,
                                    ctx.params.get("seed", 0))]
                  if cv else [(list(splits.train), list(range(len(pool))))])
+        # each fold's split and held-out features, read once for every candidate; an image
+        # the features skipped (unreadable) has no row, and no say
+        held_out = []
+        for train, held in folds:
+            fold = replace(splits, train=train, val=[pool[j] for j in held], test=[])
+            xv, yv = s.features(fold.val, "features val")
+            held_out.append((fold, [j for j in held if pool[j].path not in s.skipped], xv, yv))
+        usable = sorted(j for _, held, _, _ in held_out for j in held)
         tried: list[dict[str, Any]] = []
         hits: list[tuple[bool, ...]] = []
         best = 0
         for i, choice in enumerate(HEAD_CANDIDATES):
             right = [False] * len(pool)
-            for train, held in folds:
-                fold = replace(splits, train=train, val=[pool[j] for j in held], test=[])
+            for fold, held, xv, yv in held_out:
                 s.set_head(self._head(ctx, choice))
-                result, _, _ = super().run(replace(quiet, splits=fold,
-                                                   params=self._params(ctx, choice)))
-                xv, yv = s.features(fold.val, "features val")
+                super().run(replace(quiet, splits=fold, params=self._params(ctx, choice)))
                 s.head.eval()
                 with torch.inference_mode():
                     for j, ok in zip(held, (s.head(xv).argmax(1) == yv).tolist()):
                         right[j] = ok
-            hits.append(tuple(right))
-            tried.append({**choice.as_dict(), "val_accuracy": sum(right) / len(right)})
+            hits.append(tuple(right[j] for j in usable))
+            tried.append({**choice.as_dict(), "val_accuracy": sum(hits[i]) / len(hits[i])})
             if i:
                 test = paired(hits[i], hits[best])
                 tried[i]["vs_kept"] = {"against": best, **test.as_dict()}
