@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from graftwork.backbones.spec import BackboneSpec, WeightsInfo
 
-__all__ = ["Backbone"]
+__all__ = ["Backbone", "WithMidLayer", "mid_layer_channels"]
 
 
 class Backbone(nn.Module):
@@ -74,6 +75,43 @@ class Backbone(nn.Module):
         from graftwork.backbones.split import split_backbone
 
         return split_backbone(self, n_unfrozen)
+
+
+def mid_layer_channels(state: Mapping[str, torch.Tensor], layer: str) -> int:
+    """Output channels of trunk module ``layer``, read off a backbone state dict (keys
+    ``trunk.*``) without building it: the length of the module's last 1-D tensor (its final
+    norm's running variance)."""
+    prefix = f"trunk.{layer}."
+    vectors = [v for k, v in state.items() if k.startswith(prefix) and v.ndim == 1]
+    if not vectors:
+        raise ValueError(f"the backbone has no module {layer!r} with a 1-D parameter or buffer")
+    return int(vectors[-1].shape[0])
+
+
+class WithMidLayer(nn.Module):
+    """A backbone's pooled features followed by the pooled output of one mid-depth trunk
+    module: images (N,3,H,W) -> (N, D + C). ``graft audit``'s label check reads both (the
+    mid layer keeps shape detail that the classifier-facing features pool away); shares the
+    backbone's parameters."""
+
+    def __init__(self, backbone: Backbone, layer: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.layer = layer
+        self.spec = backbone.spec
+        self.weights = backbone.weights
+        self._mid = backbone.trunk.get_submodule(layer)
+        self.feature_dim = backbone.feature_dim + mid_layer_channels(backbone.state_dict(), layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        kept: list[torch.Tensor] = []
+        handle = self._mid.register_forward_hook(lambda _m, _a, out: kept.append(out))
+        try:
+            final = self.backbone(x)
+        finally:
+            handle.remove()
+        mid = kept[-1]
+        return torch.cat([final, mid.mean(dim=(2, 3)) if mid.ndim == 4 else mid.flatten(1)], 1)
 
 
 def _common_prefix(names: list[str]) -> str:

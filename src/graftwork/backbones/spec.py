@@ -39,6 +39,10 @@ class BackboneSpec:
     # bench/quality.md)
     finetune_more_from: int | None = None
     finetune_more_blocks: int | str = "all"
+    # a mid-depth module (name inside the trunk) whose pooled output `graft audit`'s label check
+    # reads beside the final features: it keeps shape detail the classifier-facing features
+    # pool away (None: the final features alone; docs/audit-research.md, "fourth pass")
+    mid_layer: str | None = None
 
     @property
     def block_names(self) -> tuple[str, ...]:

@@ -53,6 +53,8 @@ class AuditInputs:
     thumbs: np.ndarray  # (n, THUMB, THUMB) uint8 grayscale, area-averaged
     sizes: np.ndarray  # (n, 2) width, height
     gray: np.ndarray  # (n,) bool: stored or decoded without colour
+    # (n, c) pooled output of the backbone's mid layer (spec.mid_layer), None without one
+    mid_features: np.ndarray | None = None
     skipped: list[Skipped] = field(default_factory=list)  # files no check could use
     seconds: dict[str, float] = field(default_factory=dict)
     exact_up_to: int = EXACT_UP_TO  # rows up to which neighbour searches are exact
@@ -162,8 +164,10 @@ def gather(data: str | Path, *, backbone: str = "efficientnet_lite0", weights: s
             samples.append(s)
             names.append(name)
     source = open_features(backbone, weights, image_size, cache_dir)
-    res = source.extract(samples, num_workers=num_workers, progress=progress,
-                         desc="features audit")
+    # one pass gives the final features and the mid layer's (cached apart from training's)
+    wide = source.with_mid_layer()
+    res = (wide or source).extract(samples, num_workers=num_workers, progress=progress,
+                                   desc="features audit")
     t1 = time.perf_counter()
     paths = [s.path for s in samples]
     digests = file_digests(paths, source.root)
@@ -179,11 +183,14 @@ def gather(data: str | Path, *, backbone: str = "efficientnet_lite0", weights: s
     if not keep:
         raise DataError(f"no image of {str(root)!r} could be decoded ({len(samples)} files)",
                         "check the files: the reasons are listed with --json under summary")
-    features = np.asarray(res.features[keep].numpy(), dtype=np.float32)  # type: ignore[index]
+    rows = np.asarray(res.features[keep].numpy(), dtype=np.float32)  # type: ignore[index]
+    final = source.backbone.feature_dim
+    features, mid = (rows[:, :final], rows[:, final:]) if wide is not None else (rows, None)
     return AuditInputs(
         data=root, paths=[os.path.relpath(paths[i], root) for i in keep],
         labels=np.array([samples[i].label for i in keep]), splits=np.array([names[i] for i in keep]),
-        classes=list(splits.classes), features=features,
+        classes=list(splits.classes), features=np.ascontiguousarray(features),
+        mid_features=None if mid is None else np.ascontiguousarray(mid),
         file_digests=[digests[i] for i in keep],  # type: ignore[misc]
         pixel_digests=[facts[i][0] for i in keep],
         thumbs=np.stack([facts[i][1] for i in keep]).astype(np.uint8, copy=False),

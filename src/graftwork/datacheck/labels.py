@@ -1,20 +1,24 @@
 """Likely label errors: two independent judges of each image must both rate its label below chance.
 
 1. Out-of-fold heads: every image is scored by logistic regressions that never saw it (k-fold on
-   standardised, PCA-reduced backbone features), averaged over ``SPLITS`` fold splits so the
-   list does not depend on which images happened to share a fold.
-2. Its neighbours: the share of its ``NEIGHBOURS`` nearest images (cosine, backbone features)
-   that carry its label.
+   standardised, PCA-reduced features), averaged over ``SPLITS`` fold splits so the list does
+   not depend on which images happened to share a fold.
+2. Its neighbours: the share of its ``NEIGHBOURS`` nearest images (cosine) that carry its label.
+
+Both read :func:`label_features`: the backbone's final features followed by its mid layer's
+(``BackboneSpec.mid_layer``, e.g. lite's last stride-32 stage before the head), which keeps
+shape detail the classifier-facing features pool away (a shirt's sleeves against a T-shirt's).
 
 An image is listed when both give its label less than chance (1/K), ranked by cleanlab's
 self-confidence (the heads' probability of the given label; lower = more likely wrong). Classes
 that merely look alike (shirt / T-shirt / pullover) get low head probabilities but keep some
-neighbours of their own class; a flipped image has none. Measured on planted flips
-(docs/audit-research.md, "Label check, second pass"; bench/audit/score-labels.txt): recall /
-precision 0.85-0.94 / 0.76-0.82 on Fashion-MNIST and 0.72-0.83 / 0.86-0.94 on MNIST, where
-cleanlab's ``find_label_issues`` (confident learning) cut at chance gave 0.75-0.83 / 0.60-0.65
-and 0.63-0.75 / 0.83-0.92: its per-class thresholds over-count look-alike classes and, with
-the heads' soft probabilities, leave out up to a third of the flips on MNIST.
+neighbours of their own class; a flipped image has none. Measured on planted flips, 10 sets
+each (bench/audit/label-layers.md; docs/audit-research.md, "fourth pass"): recall / precision
+0.86 / 0.83 on Fashion-MNIST (0.86 / 0.78 on the final features alone) and 0.82 / 0.92 on MNIST
+(0.79 / 0.90), where cleanlab's ``find_label_issues`` (confident learning) cut at chance gave
+0.75-0.83 / 0.60-0.65 and 0.63-0.75 / 0.83-0.92 on the final features: its per-class
+thresholds over-count look-alike classes and, with the heads' soft probabilities, leave out up
+to a third of the flips on MNIST.
 """
 from __future__ import annotations
 
@@ -24,9 +28,11 @@ from typing import Any
 import numpy as np
 
 from graftwork.datacheck.inputs import AuditInputs
+from graftwork.datacheck.neighbours import knn, unit
 from graftwork.errors import DataError
 
-__all__ = ["find_label_issues", "oof_probabilities", "neighbour_votes", "MIN_PER_CLASS"]
+__all__ = ["find_label_issues", "oof_probabilities", "neighbour_votes", "label_features",
+           "MIN_PER_CLASS"]
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +83,26 @@ def oof_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, 
     return probs / splits
 
 
-def neighbour_votes(inputs: AuditInputs, k: int = NEIGHBOURS) -> np.ndarray:
-    """Share of each image's ``k`` nearest other images (fewer in a small set) that carry its
-    label, (n,)."""
+def label_features(inputs: AuditInputs) -> np.ndarray:
+    """What both judges read: the final features, followed by the backbone's mid-layer
+    features where it has one (each block centred and scaled to unit variance per column, then
+    by 1/sqrt(its width), so each block weighs the same in a cosine)."""
+    if inputs.mid_features is None:
+        return inputs.features
+    blocks = [inputs.features, inputs.mid_features]
+    return np.hstack([(b - b.mean(0)) / (b.std(0) + 1e-6) / np.sqrt(b.shape[1]) for b in blocks]
+                     ).astype(np.float32)
+
+
+def neighbour_votes(inputs: AuditInputs, x: np.ndarray, k: int = NEIGHBOURS) -> np.ndarray:
+    """Share of each image's ``k`` nearest other images in ``x`` (fewer in a small set) that
+    carry its label, (n,); ``x`` is ``inputs.features`` (whose search the other checks share)
+    or :func:`label_features`."""
     k = max(1, min(k, len(inputs.labels) - 1))
-    _, ind = inputs.neighbours(k)
+    if x is inputs.features:
+        _, ind = inputs.neighbours(k)
+    else:
+        _, ind = knn(unit(x), k, exact_up_to=inputs.exact_up_to)
     return (inputs.labels[ind] == inputs.labels[:, None]).mean(axis=1)
 
 
@@ -96,10 +117,12 @@ def find_label_issues(inputs: AuditInputs) -> list[dict[str, Any]]:
     # one BLAS thread: these small dense problems spend longer in thread barriers than in
     # arithmetic (PCA of 600 x 1280: 0.5 s on one thread, 14 s on two of a busy machine)
     with threadpool_limits(1):
-        probs = oof_probabilities(inputs.features, labels, len(classes), folds, splits=SPLITS)
+        x = label_features(inputs)
+        probs = oof_probabilities(x, labels, len(classes), folds, splits=SPLITS)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     chance = 1.0 / len(classes)
-    suspect = (probs[np.arange(len(labels)), labels] < chance) & (neighbour_votes(inputs) < chance)
+    suspect = ((probs[np.arange(len(labels)), labels] < chance)
+               & (neighbour_votes(inputs, x) < chance))
     ranked = [int(i) for i in np.argsort(quality, kind="stable") if suspect[i]]
     return [{"path": inputs.paths[i], "label": classes[labels[i]],
              "suggested": classes[int(probs[i].argmax())], "score": round(float(quality[i]), 4)}

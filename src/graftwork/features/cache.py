@@ -60,9 +60,12 @@ class FeatureCache:
 
     def __init__(self, root: str | Path, backbone: Any, preprocessing: Preprocessing) -> None:
         # the stored dict form keeps the keys of every cache written before (tests pin them)
-        key = json.dumps({"backbone": backbone.spec.name, "arch": backbone.spec.arch,
-                          "weights": backbone.weights.digest, "pre": preprocessing.as_dict()},
-                         sort_keys=True)
+        fields = {"backbone": backbone.spec.name, "arch": backbone.spec.arch,
+                  "weights": backbone.weights.digest, "pre": preprocessing.as_dict()}
+        layer = getattr(backbone, "layer", None)  # WithMidLayer / MidLayerRecord features
+        if isinstance(layer, str):
+            fields["mid_layer"] = layer
+        key = json.dumps(fields, sort_keys=True)
         self.key = hashlib.sha256(key.encode()).hexdigest()[:20]
         self.dir = Path(root) / "features" / self.key
         self.dim = backbone.feature_dim

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftwork.backbones.catalog import create_backbone
-from graftwork.backbones.network import Backbone
+from graftwork.backbones.network import Backbone, WithMidLayer, mid_layer_channels
 from graftwork.data.discover import Sample
 from graftwork.data.preprocess import Preprocessing
 from graftwork.features.cache import FeatureCache, cache_root
@@ -23,9 +23,27 @@ from graftwork.features.engines import Engine
 from graftwork.features.pipeline import ExtractResult, extract_features
 from graftwork.features.prepared import PreparedBackbone, load_prepared, store_prepared
 
-__all__ = ["FeatureSource", "open_features"]
+__all__ = ["FeatureSource", "MidLayerRecord", "open_features"]
 
 log = logging.getLogger(__name__)
+
+
+class MidLayerRecord:
+    """A backbone (network or prepared record) read at its final features and at its
+    ``spec.mid_layer`` (:class:`~graftwork.backbones.network.WithMidLayer`): what the feature
+    cache keys by, with the network built only when something must be extracted."""
+
+    def __init__(self, base: Backbone | PreparedBackbone, layer: str) -> None:
+        self.base = base
+        self.layer = layer
+        self.spec = base.spec
+        self.weights = base.weights
+        self.feature_dim = base.feature_dim + mid_layer_channels(base.state_dict(), layer)
+
+    def module(self) -> WithMidLayer:
+        """The network, reading both layers."""
+        base = self.base.module() if isinstance(self.base, PreparedBackbone) else self.base
+        return WithMidLayer(base, self.layer)
 
 
 @dataclass
@@ -36,7 +54,7 @@ class FeatureSource:
     """
 
     root: Path
-    backbone: Backbone | PreparedBackbone
+    backbone: Backbone | PreparedBackbone | MidLayerRecord
     preprocessing: Preprocessing
 
     @property
@@ -48,7 +66,17 @@ class FeatureSource:
         """The backbone network (built from the prepared record on first use)."""
         if isinstance(self.backbone, PreparedBackbone):
             self.backbone = self.backbone.module()
+        if isinstance(self.backbone, MidLayerRecord):
+            raise TypeError("a mid-layer source extracts features; it is not a Backbone")
         return self.backbone
+
+    def with_mid_layer(self) -> FeatureSource | None:
+        """These features followed by the backbone's ``spec.mid_layer`` output (cached apart,
+        the first ``feature_dim`` columns equal to these); None for backbones without one."""
+        layer = self.backbone.spec.mid_layer
+        if not layer:
+            return None
+        return FeatureSource(self.root, MidLayerRecord(self.backbone, layer), self.preprocessing)
 
     def extract(self, samples: Sequence[Sample], *, batch_size: int = 64,
                 num_workers: int | None = None, progress: bool = False, strict: bool = False,
