@@ -95,8 +95,10 @@ def product(root: Path, cache: Path, inputs_file: Path | None = None) -> dict[st
 
 
 def write_inputs(root: Path, cache: Path, out: Path) -> None:
-    """The product's lite0 features and out-of-fold probabilities of ``root`` (cached), as the
-    label check computes them, in ``out`` (npz: features, labels, paths, probs)."""
+    """The product's lite0 features and out-of-fold probabilities of ``root`` (cached), in
+    ``out`` (npz: features, labels, paths, probs). The probabilities are the label check's own
+    (read off the final and mid-layer features); the features are the final ones, which the
+    product's duplicate and outlier checks read."""
     from threadpoolctl import threadpool_limits
 
     from graftwork.datacheck import labels as label_check
@@ -105,7 +107,7 @@ def write_inputs(root: Path, cache: Path, out: Path) -> None:
     inputs = gather(root, cache_dir=cache)
     folds = label_check._folds(inputs.labels, inputs.classes)
     with threadpool_limits(1):
-        probs = label_check.oof_probabilities(inputs.features, inputs.labels,
+        probs = label_check.oof_probabilities(label_check.label_features(inputs), inputs.labels,
                                               len(inputs.classes), folds,
                                               splits=label_check.SPLITS)
     out.parent.mkdir(parents=True, exist_ok=True)
