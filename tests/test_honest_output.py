@@ -234,3 +234,27 @@ def test_extract_without_a_usable_image_exits_2_and_counts_right(tmp_path: Path)
     res = _graft(*[a if a != bad else good for a in args])
     assert res.exit_code == 0, res.output
     assert "6 images, 6 extracted, 0 cached, 2 skipped" in res.stdout, res.stdout
+
+
+@pytest.mark.parametrize("layout", ["flat", "test"])
+def test_evaluate_leaves_out_what_the_run_excluded(layout: str, tmp_path: Path) -> None:
+    """A run trained with --exclude: evaluate on its DATA scores the images its test accuracy
+    scored (the flat folder is still recognised; DATA/test loses the excluded files)."""
+    counts = {"": 10} if layout == "flat" else {"train": 6, "test": 4}
+    data = make_image_folder(tmp_path / "data", counts=counts)
+    first = sorted((data if layout == "flat" else data / "test").rglob("*.png"))
+    listed = tmp_path / "exclude.txt"
+    listed.write_text("\n".join(str(p.relative_to(data)) for p in first[::7]) + "\n")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GRAFT_OFFLINE", "1")
+        clf = ImageClassifier(**TINY, epochs=1, cache_dir=str(tmp_path / "cache"),
+                              exclude=str(listed)).fit(data)
+        run = clf.save(tmp_path / "run")
+    assert clf.excluded_
+    metrics = json.loads((run / "metrics.json").read_text())
+    for model in (clf, ImageClassifier.load(run)):
+        result = model.evaluate(data)
+        assert result["n"] == metrics["test"]["n"]
+        assert result["accuracy"] == pytest.approx(metrics["test"]["accuracy"], abs=1e-9)
+        assert ("held-out test split" if layout == "flat" else "--exclude left out") \
+            in result["scored"]

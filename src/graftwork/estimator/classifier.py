@@ -162,12 +162,15 @@ class ImageClassifier(ParamsMixin):
         return _inference.evaluate_folder(self._session(), self.classes_, data, self._held_out())
 
     def _held_out(self) -> _inference.HeldOut | None:
-        """How training split a flat folder (None when the sizes it made are unknown)."""
+        """How training split a flat folder, and what it excluded (None when neither is
+        known)."""
         counts = (self.splits_.counts() if hasattr(self, "splits_")
                   else getattr(self, "split_counts_", None))
-        if not counts:
+        excluded = frozenset(Path(p).as_posix() for p in getattr(self, "excluded_", ()))
+        if not counts and not excluded:
             return None
-        return _inference.HeldOut(self.val_fraction, self.test_fraction, self.seed, counts)
+        return _inference.HeldOut(self.val_fraction, self.test_fraction, self.seed,
+                                  counts or {}, excluded)
 
     def score(self, data: str | Path, y: None = None) -> float:
         """Accuracy on a labelled folder (scikit-learn's ``score``)."""

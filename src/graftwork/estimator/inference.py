@@ -3,8 +3,9 @@ and recalibration on a training folder."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,16 @@ class HeldOut:
     test_fraction: float
     seed: int
     counts: Mapping[str, int]
+    #: files the run's ``--exclude`` left out, relative to its DATA (config.json "excluded")
+    excluded: frozenset[str] = frozenset()
+
+
+def _left_out(samples: list[Sample], folder: Path, excluded: frozenset[str]) -> list[Sample]:
+    """``samples`` without the files a run excluded (paths relative to ``folder``)."""
+    if not excluded:
+        return samples
+    return [s for s in samples
+            if Path(os.path.relpath(s.path, folder)).as_posix() not in excluded]
 
 
 def _held_out(classes: Sequence[str], folder: Path, held: HeldOut | None
@@ -69,6 +80,9 @@ def _held_out(classes: Sequence[str], folder: Path, held: HeldOut | None
         splits = discover(folder, held.val_fraction, held.test_fraction, held.seed)
     except DataError:
         return None
+    # --exclude left files out of each split after the seeded split: so are they here
+    splits = replace(splits, **{name: _left_out(getattr(splits, name), folder, held.excluded)
+                                for name in ("train", "val", "test")})
     if splits.explicit or splits.classes != list(classes) or splits.counts() != dict(held.counts):
         return None
     total = sum(splits.counts().values())
@@ -108,6 +122,12 @@ def evaluate_folder(session: Session, classes: Sequence[str], data: str | Path,
     samples = folder_samples(classes, folder)
     if (folder / "test").is_dir():
         scored = f"every image in {str(folder / 'test')!r}"
+        if held is not None and held.excluded:
+            kept = _left_out(samples, folder, held.excluded)
+            if len(kept) < len(samples):
+                scored += (f" but the {len(samples) - len(kept)} the run's --exclude left out "
+                           "(as its test accuracy did)")
+            samples = kept
     else:
         found = _held_out(classes, folder, held)
         samples, scored = found if found is not None else (samples, _caveat(folder))

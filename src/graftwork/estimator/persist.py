@@ -232,6 +232,11 @@ def load_run(cls: type[C], run_dir: str | Path) -> C:
     splits = cfg.get("splits")
     clf.split_counts_ = ({k: v for k, v in splits.items() if isinstance(v, int)}
                          if isinstance(splits, dict) else {})
+    excluded = cfg.get("excluded", [])
+    if not isinstance(excluded, list) or not all(isinstance(p, str) for p in excluded):
+        raise rundir.RunConfigError(f"{str(run / rundir.CONFIG_FILE)!r}: \"excluded\" is not a "
+                                    "list of paths", "restore the run, or retrain it")
+    clf.excluded_ = list(excluded)
     clf.session_ = _session_for(clf, model, clf.preprocessing_)
     clf.calibration_ = _calibration(cfg, run)
     clf.session_.temperature = clf.calibration_["temperature"] if clf.calibration_ else 1.0
