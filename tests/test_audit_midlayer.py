@@ -112,3 +112,18 @@ def test_label_check_reads_the_mid_layer() -> None:
     assert found == {f"{i}.png" for i in flips}
     blind = {r["path"] for r in find_label_issues(_inputs(noise, None, given))}
     assert not found <= blind and len(blind) > len(found)  # guesses at noise
+
+
+def test_each_fold_split_scores_every_image_once() -> None:
+    """The label check's heads: one out-of-fold probability row per image and split; the
+    splits differ (other folds), and their mean is ``oof_probabilities``."""
+    from graftwork.datacheck.labels import oof_probabilities, oof_split_probabilities
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 20)
+    x = rng.normal(0, 1, (60, 8)) + labels[:, None]
+    each = oof_split_probabilities(x, labels, 3, 5, splits=4)
+    assert each.shape == (4, 60, 3)
+    np.testing.assert_allclose(each.sum(axis=2), 1.0, rtol=1e-6)
+    assert not np.allclose(each[0], each[1])
+    np.testing.assert_allclose(oof_probabilities(x, labels, 3, 5, splits=4), each.mean(axis=0))

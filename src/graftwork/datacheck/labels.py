@@ -1,8 +1,9 @@
 """Likely label errors: two independent judges of each image must both rate its label below chance.
 
 1. Out-of-fold heads: every image is scored by logistic regressions that never saw it (k-fold on
-   standardised, PCA-reduced features), averaged over ``SPLITS`` fold splits so the list does
-   not depend on which images happened to share a fold.
+   standardised, PCA-reduced features), once in each of ``SPLITS`` fold splits; the heads judge
+   the label below chance only when every split's head does, so the list does not depend on
+   which images happened to share a fold.
 2. Its neighbours: the share of its ``NEIGHBOURS`` nearest images (cosine) that carry its label.
 
 Both read :func:`label_features`: the backbone's final features followed by its mid layer's
@@ -10,15 +11,15 @@ Both read :func:`label_features`: the backbone's final features followed by its 
 shape detail the classifier-facing features pool away (a shirt's sleeves against a T-shirt's).
 
 An image is listed when both give its label less than chance (1/K), ranked by cleanlab's
-self-confidence (the heads' probability of the given label; lower = more likely wrong). Classes
-that merely look alike (shirt / T-shirt / pullover) get low head probabilities but keep some
-neighbours of their own class; a flipped image has none. Measured on planted flips, 10 sets
-each (bench/audit/label-layers.md; docs/audit-research.md, "fourth pass"): recall / precision
-0.86 / 0.83 on Fashion-MNIST (0.86 / 0.78 on the final features alone) and 0.82 / 0.92 on MNIST
-(0.79 / 0.90), where cleanlab's ``find_label_issues`` (confident learning) cut at chance gave
-0.75-0.83 / 0.60-0.65 and 0.63-0.75 / 0.83-0.92 on the final features: its per-class
-thresholds over-count look-alike classes and, with the heads' soft probabilities, leave out up
-to a third of the flips on MNIST.
+self-confidence (the splits' mean probability of the given label; lower = more likely wrong).
+Classes that merely look alike (shirt / T-shirt / pullover) get low head probabilities but keep
+some neighbours of their own class; a flipped image has none. Measured on planted flips
+(bench/audit/label-layers.md, 30 Fashion-MNIST and 15 MNIST sets; docs/audit-research.md,
+"fourth pass"): recall / precision 0.85 / 0.84 on Fashion-MNIST (0.86 / 0.77 with the final
+features and 3 splits averaged, the check before) and 0.79 / 0.94 on MNIST (0.79 / 0.90), where
+cleanlab's ``find_label_issues`` (confident learning) cut at chance gave 0.75-0.83 / 0.60-0.65
+and 0.63-0.75 / 0.83-0.92 on the final features: its per-class thresholds over-count look-alike
+classes and, with the heads' soft probabilities, leave out up to a third of the flips on MNIST.
 """
 from __future__ import annotations
 
@@ -31,14 +32,16 @@ from graftwork.datacheck.inputs import AuditInputs
 from graftwork.datacheck.neighbours import knn, unit
 from graftwork.errors import DataError
 
-__all__ = ["find_label_issues", "oof_probabilities", "neighbour_votes", "label_features",
-           "MIN_PER_CLASS"]
+__all__ = ["find_label_issues", "oof_probabilities", "oof_split_probabilities",
+           "neighbour_votes", "label_features", "MIN_PER_CLASS"]
 
 log = logging.getLogger(__name__)
 
 FOLDS = 5
-#: Fold splits whose out-of-fold probabilities are averaged (each costs one k-fold fit).
-SPLITS = 3
+#: Fold splits, each scoring every image once (each costs one k-fold fit): an image is listed
+#: only when the heads of every split rate its label below chance (docs/audit-research.md,
+#: "fourth pass": 3 splits averaged let through images that one split's heads still accept).
+SPLITS = 5
 #: Nearest images whose labels vote (measured on Fashion-MNIST: 15 lets look-alikes through,
 #: 20-40 agree; docs/audit-research.md).
 NEIGHBOURS = 20
@@ -61,11 +64,12 @@ def _folds(labels: np.ndarray, classes: list[str]) -> int:
     return min(FOLDS, smallest)
 
 
-def oof_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, *,
-                      C: float = 0.003, pca: int = 256, seed: int = 0,
-                      splits: int = 1) -> np.ndarray:
-    """Out-of-fold class probabilities (n, K): each image scored by a logistic regression fitted
-    on the other folds only, averaged over ``splits`` fold splits (seeds ``seed``, ``seed+1``...)."""
+def oof_split_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int,
+                            folds: int, *, C: float = 0.003, pca: int = 256, seed: int = 0,
+                            splits: int = 1) -> np.ndarray:
+    """Out-of-fold class probabilities of each fold split (splits, n, K): in split ``s``
+    (fold seed ``seed + s``) each image is scored by a logistic regression fitted on the other
+    folds only (standardised, PCA-reduced features)."""
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import StratifiedKFold
@@ -74,13 +78,22 @@ def oof_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, 
     x = StandardScaler().fit_transform(features)
     if pca and pca < min(x.shape):
         x = PCA(pca, random_state=seed).fit_transform(x)
-    probs = np.zeros((len(labels), n_classes))
+    probs = np.zeros((splits, len(labels), n_classes))
     for split in range(splits):
         kfold = StratifiedKFold(folds, shuffle=True, random_state=seed + split)
         for tr, te in kfold.split(x, labels):
             model = LogisticRegression(C=C, max_iter=2000).fit(x[tr], labels[tr])
-            probs[np.ix_(te, model.classes_)] += model.predict_proba(x[te])
-    return probs / splits
+            probs[split][np.ix_(te, model.classes_)] = model.predict_proba(x[te])
+    return probs
+
+
+def oof_probabilities(features: np.ndarray, labels: np.ndarray, n_classes: int, folds: int, *,
+                      C: float = 0.003, pca: int = 256, seed: int = 0,
+                      splits: int = 1) -> np.ndarray:
+    """Out-of-fold class probabilities (n, K), averaged over ``splits`` fold splits
+    (:func:`oof_split_probabilities`)."""
+    return oof_split_probabilities(features, labels, n_classes, folds, C=C, pca=pca, seed=seed,
+                                   splits=splits).mean(axis=0)
 
 
 def label_features(inputs: AuditInputs) -> np.ndarray:
@@ -118,10 +131,11 @@ def find_label_issues(inputs: AuditInputs) -> list[dict[str, Any]]:
     # arithmetic (PCA of 600 x 1280: 0.5 s on one thread, 14 s on two of a busy machine)
     with threadpool_limits(1):
         x = label_features(inputs)
-        probs = oof_probabilities(x, labels, len(classes), folds, splits=SPLITS)
+        each = oof_split_probabilities(x, labels, len(classes), folds, splits=SPLITS)
+    probs = each.mean(axis=0)
     quality = get_label_quality_scores(labels, probs, method="self_confidence")
     chance = 1.0 / len(classes)
-    suspect = ((probs[np.arange(len(labels)), labels] < chance)
+    suspect = ((each[:, np.arange(len(labels)), labels].max(axis=0) < chance)
                & (neighbour_votes(inputs, x) < chance))
     ranked = [int(i) for i in np.argsort(quality, kind="stable") if suspect[i]]
     return [{"path": inputs.paths[i], "label": classes[labels[i]],
