@@ -16,9 +16,10 @@ from pathlib import Path
 
 from graftwork.backbones.catalog import create_backbone
 from graftwork.backbones.network import Backbone, WithMidLayer, mid_layer_channels
+from graftwork.data.digests import file_digests
 from graftwork.data.discover import Sample
 from graftwork.data.preprocess import Preprocessing
-from graftwork.features.cache import FeatureCache, cache_root
+from graftwork.features.cache import SHARD_ROWS, FeatureCache, cache_root
 from graftwork.features.engines import Engine
 from graftwork.features.pipeline import ExtractResult, extract_features
 from graftwork.features.prepared import PreparedBackbone, load_prepared, store_prepared
@@ -83,11 +84,32 @@ class FeatureSource:
                 materialize: bool = True, desc: str = "extract",
                 engine: str | Engine | None = None) -> ExtractResult:
         """Features of ``samples`` from the cache, extracting (and caching) the missing ones;
-        see :func:`graftwork.features.pipeline.extract_features`."""
-        return extract_features(self.backbone, samples, self.preprocessing, self.root,
-                                batch_size=batch_size, num_workers=num_workers,
-                                progress=progress, strict=strict, materialize=materialize,
-                                desc=desc, engine=engine)
+        see :func:`graftwork.features.pipeline.extract_features`. A mid-layer source also
+        stores the final features of what it extracted in the plain backbone's cache, so
+        ``graft train`` after ``graft audit`` extracts nothing."""
+        result = extract_features(self.backbone, samples, self.preprocessing, self.root,
+                                  batch_size=batch_size, num_workers=num_workers,
+                                  progress=progress, strict=strict, materialize=materialize,
+                                  desc=desc, engine=engine)
+        if isinstance(self.backbone, MidLayerRecord) and result.extracted and materialize:
+            self._share_final(samples, result)
+        return result
+
+    def _share_final(self, samples: Sequence[Sample], result: ExtractResult) -> None:
+        """Write the first ``feature_dim`` columns of the usable rows the plain backbone's
+        cache lacks into it (one extraction serves the audit and training)."""
+        base = self.backbone.base  # type: ignore[union-attr]
+        cache = FeatureCache(self.root, base, self.preprocessing)
+        index = cache.index()
+        rows: dict[bytes, int] = {}
+        for i, d in enumerate(file_digests([s.path for s in samples], self.root)):
+            if d is not None and bool(result.ok[i]) and d not in index:
+                rows.setdefault(d, i)
+        keys, picked = list(rows), list(rows.values())
+        for start in range(0, len(keys), SHARD_ROWS):
+            part = picked[start:start + SHARD_ROWS]
+            cache.write_shard(result.features[part, :base.feature_dim],
+                              keys[start:start + SHARD_ROWS])
 
 
 def open_features(backbone: str, weights: str | None = None, image_size: int | None = None,
