@@ -132,3 +132,22 @@ def test_each_fold_split_scores_every_image_once() -> None:
     np.testing.assert_allclose(each.sum(axis=2), 1.0, rtol=1e-6)
     assert not np.allclose(each[0], each[1])
     np.testing.assert_allclose(oof_probabilities(x, labels, 3, 5, splits=4), each.mean(axis=0))
+
+
+def test_the_wide_network_holds_the_backbone_once() -> None:
+    net = create_backbone(TINY["backbone"], "random")
+    wide = WithMidLayer(net, "blocks.1")
+    assert set(wide.state_dict()) == {f"backbone.{k}" for k in net.state_dict()}
+
+
+def test_the_wide_network_exports_to_onnx(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    data = make_image_folder(tmp_path / "data", classes=2, counts={"": 3}, size=32)
+    samples = [Sample(str(p), 0) for p in sorted(data.rglob("*.png"))]
+    source = open_features(MID.name, "random", 32, tmp_path / "cache")
+    wide = source.with_mid_layer()
+    assert wide is not None
+    runs = [FeatureSource(tmp_path / engine, wide.backbone, wide.preprocessing).extract(
+        samples, num_workers=0, engine=engine) for engine in ("onnx", "torch")]
+    assert list((tmp_path / "onnx").rglob("*.onnx"))
+    torch.testing.assert_close(runs[0].features, runs[1].features, atol=1e-4, rtol=1e-3)

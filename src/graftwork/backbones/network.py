@@ -100,18 +100,19 @@ class WithMidLayer(nn.Module):
         self.layer = layer
         self.spec = backbone.spec
         self.weights = backbone.weights
-        self._mid = backbone.trunk.get_submodule(layer)
+        backbone.trunk.get_submodule(layer)  # fails early on a name the trunk lacks
         self.feature_dim = backbone.feature_dim + mid_layer_channels(backbone.state_dict(), layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept: list[torch.Tensor] = []
-        handle = self._mid.register_forward_hook(lambda _m, _a, out: kept.append(out))
+        mid = self.backbone.trunk.get_submodule(self.layer)
+        handle = mid.register_forward_hook(lambda _m, _a, out: kept.append(out))
         try:
             final = self.backbone(x)
         finally:
             handle.remove()
-        mid = kept[-1]
-        return torch.cat([final, mid.mean(dim=(2, 3)) if mid.ndim == 4 else mid.flatten(1)], 1)
+        out = kept[-1]
+        return torch.cat([final, out.mean(dim=(2, 3)) if out.ndim == 4 else out.flatten(1)], 1)
 
 
 def _common_prefix(names: list[str]) -> str:
