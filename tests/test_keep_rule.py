@@ -123,7 +123,7 @@ def test_the_ladder_keeps_extract_when_finetune_is_one_image_better(
     assert out.kept.phase == "extract"
     assert float(session.model.weight.detach()) == 1.0  # extract's weights restored
     assert [d["kept"] for d in out.decisions] == ["extract", "extract"]
-    assert out.rows[1]["vs_kept"] == "+1/100, p=0.5"
+    assert out.rows[1]["vs_kept"] == "+1/100 [-1.7, +3.7] pts, p=0.5"
     assert out.rows[1]["val_accuracy_ci"] == pytest.approx(wilson_interval(82, 100), abs=1e-6)
     assert "finetune vs extract: +1 of 100 images" in caplog.text
     assert "kept extract" in caplog.text

@@ -147,8 +147,9 @@ def climb(phases: Sequence[Phase], ctx: PhaseContext, *, sequence: bool,
             out.decisions.append(decision)
             log.info("%s", decision["text"])
             if "p_value" in decision:
+                lo, hi = (100 * v for v in decision["diff_ci"])
                 row["vs_kept"] = (f"{decision['wins'] - decision['losses']:+d}/{decision['n']}"
-                                  f", p={decision['p_value']:.2g}")
+                                  f" [{lo:+.1f}, {hi:+.1f}] pts, p={decision['p_value']:.2g}")
             if decision["kept"] == phase.name:
                 best = replace(rung, state={k: v.clone() for k, v in
                                             ctx.session.model.state_dict().items()})
