@@ -21,6 +21,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from graftwork.datacheck.inputs import AuditInputs, gather
+from graftwork.datacheck import labels as label_check
 from graftwork.datacheck.labels import (find_label_issues, label_features, neighbour_votes,
                                         oof_probabilities)
 
@@ -32,7 +33,7 @@ def averaged(inputs: AuditInputs, splits: int = 3) -> set[str]:
     """The earlier rule: the heads' probabilities averaged over ``splits`` fold splits."""
     x = label_features(inputs)
     k = len(inputs.classes)
-    folds = min(5, int(np.bincount(inputs.labels, minlength=k).min()))
+    folds = label_check._folds(inputs.labels, inputs.classes)
     with threadpool_limits(1):
         probs = oof_probabilities(x, inputs.labels, k, folds, splits=splits)
     given = probs[np.arange(len(inputs.labels)), inputs.labels]

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from torch import nn
 
 from graftwork.backbones.spec import BackboneSpec, WeightsInfo
 
-__all__ = ["Backbone", "WithMidLayer", "mid_layer_channels"]
+__all__ = ["Backbone", "WithMidLayer", "mid_layer_channels", "mid_layer_width"]
 
 
 class Backbone(nn.Module):
@@ -88,6 +89,12 @@ def mid_layer_channels(state: Mapping[str, torch.Tensor], layer: str) -> int:
     return int(vectors[-1].shape[0])
 
 
+def mid_layer_width(backbone: Any, layer: str) -> int:
+    """The feature width of :class:`WithMidLayer` over ``backbone`` (a network or its prepared
+    record: anything with ``feature_dim`` and ``state_dict()``), without running it."""
+    return int(backbone.feature_dim) + mid_layer_channels(backbone.state_dict(), layer)
+
+
 class WithMidLayer(nn.Module):
     """A backbone's pooled features followed by the pooled output of one mid-depth trunk
     module: images (N,3,H,W) -> (N, D + C). ``graft audit``'s label check reads both (the
@@ -101,7 +108,7 @@ class WithMidLayer(nn.Module):
         self.spec = backbone.spec
         self.weights = backbone.weights
         backbone.trunk.get_submodule(layer)  # fails early on a name the trunk lacks
-        self.feature_dim = backbone.feature_dim + mid_layer_channels(backbone.state_dict(), layer)
+        self.feature_dim = mid_layer_width(backbone, layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kept: list[torch.Tensor] = []

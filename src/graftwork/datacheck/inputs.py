@@ -63,7 +63,8 @@ class AuditInputs:
     def neighbours(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(cosine similarities, indices) of each image's ``k`` nearest others in feature
         space, nearest first: searched once, and a smaller ``k`` is read off a wider search
-        already made (the label check's 20 serve the duplicate and outlier checks' 10)."""
+        already made (on a backbone without a mid layer the label check's 20 serve the
+        duplicate and outlier checks' 10; with one, the label check searches its own rows)."""
         if k not in self._knn:
             wider = min((w for w in self._knn if w > k), default=None)
             self._knn[k] = (tuple(a[:, :k] for a in self._knn[wider])  # type: ignore[assignment]

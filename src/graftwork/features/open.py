@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from graftwork.backbones.catalog import create_backbone
-from graftwork.backbones.network import Backbone, WithMidLayer, mid_layer_channels
+from graftwork.backbones.network import Backbone, WithMidLayer, mid_layer_width
 from graftwork.data.digests import file_digests
 from graftwork.data.discover import Sample
 from graftwork.data.preprocess import Preprocessing
@@ -39,7 +39,7 @@ class MidLayerRecord:
         self.layer = layer
         self.spec = base.spec
         self.weights = base.weights
-        self.feature_dim = base.feature_dim + mid_layer_channels(base.state_dict(), layer)
+        self.feature_dim = mid_layer_width(base, layer)
 
     def module(self) -> WithMidLayer:
         """The network, reading both layers."""
